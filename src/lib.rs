@@ -1,2 +1,14 @@
 //! keyhook: the admission, conversion and TLS server for External-Secrets-style
 //! Kubernetes webhooks.
+//!
+//! The module map follows the design: [`server`] is the HTTPS edge,
+//! [`admission`] decodes reviews and decides, [`certs`] issues, checks and
+//! serves certificates, [`health`] answers the kubelet's probes and
+//! Prometheus, [`metrics`] defines every metric, and [`config`] every setting.
+
+pub mod admission;
+pub mod certs;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod server;

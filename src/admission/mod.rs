@@ -1,0 +1,9 @@
+//! Admission: decoding reviews, the webhooks' decisions, and JSON patches.
+//!
+//! Handlers here are functions from a decoded request to a response; the
+//! HTTP edge lives in [`crate::server`].
+
+pub mod pod;
+pub mod review;
+
+pub use review::{ReviewError, admit_within, convert_within, decode_admission, decode_conversion};

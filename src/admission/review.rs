@@ -1,0 +1,242 @@
+//! Decoding reviews exactly as the apiserver sends them, and answering them
+//! within keyhook's own deadline.
+//!
+//! Every webhook route shares this plumbing: the body is decoded into kube's
+//! `AdmissionRequest` or `ConversionRequest`, the handler runs under the
+//! deadline, and a handler that overruns gets a denial that says so instead
+//! of a connection the apiserver has to time out.
+
+use std::{future::Future, time::Duration};
+
+use http::StatusCode;
+use kube::core::{
+    DynamicObject, Status,
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+    conversion::{ConversionRequest, ConversionResponse, ConversionReview},
+};
+use serde::de::DeserializeOwned;
+
+const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+const CONVERSION_API_VERSION: &str = "apiextensions.k8s.io/v1";
+
+/// Why a request body could not be taken as a review. Each variant maps to
+/// one HTTP status in [`ReviewError::status`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReviewError {
+    /// The content type is not JSON.
+    #[error("content type `{0}` is not supported: send a review as application/json")]
+    UnsupportedMediaType(String),
+    /// The body exceeds `--max-body`.
+    #[error("request body is larger than the {limit}-byte limit (--max-body)")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body did not arrive before the deadline.
+    #[error("request body did not arrive within {0:?} (--request-timeout)")]
+    BodyTimeout(Duration),
+    /// The body could not be read off the connection.
+    #[error("request body could not be read: {0}")]
+    BodyRead(String),
+    /// The body is not the review this path expects.
+    #[error("request body is not a {expected} {api_version} review: {reason}")]
+    Malformed {
+        /// `AdmissionReview` or `ConversionReview`.
+        expected: &'static str,
+        /// The API version keyhook speaks for it.
+        api_version: &'static str,
+        /// What is wrong, with the JSON path where it went wrong.
+        reason: String,
+    },
+}
+
+impl ReviewError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ReviewError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ReviewError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ReviewError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ReviewError::BodyRead(_) | ReviewError::Malformed { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Decodes an `admission.k8s.io/v1` AdmissionReview and returns its request.
+pub fn decode_admission(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
+    let malformed = |reason: String| ReviewError::Malformed {
+        expected: "AdmissionReview",
+        api_version: ADMISSION_API_VERSION,
+        reason,
+    };
+    let review: AdmissionReview<DynamicObject> = decode_json(body).map_err(malformed)?;
+    check_type(
+        &review.types.kind,
+        &review.types.api_version,
+        "AdmissionReview",
+        ADMISSION_API_VERSION,
+    )
+    .map_err(malformed)?;
+    review
+        .try_into()
+        .map_err(|_| malformed("it has no `request`".into()))
+}
+
+/// Decodes an `apiextensions.k8s.io/v1` ConversionReview and returns its
+/// request.
+pub fn decode_conversion(body: &[u8]) -> Result<ConversionRequest, ReviewError> {
+    let malformed = |reason: String| ReviewError::Malformed {
+        expected: "ConversionReview",
+        api_version: CONVERSION_API_VERSION,
+        reason,
+    };
+    let review: ConversionReview = decode_json(body).map_err(malformed)?;
+    check_type(
+        &review.types.kind,
+        &review.types.api_version,
+        "ConversionReview",
+        CONVERSION_API_VERSION,
+    )
+    .map_err(malformed)?;
+    ConversionRequest::from_review(review).map_err(|_| malformed("it has no `request`".into()))
+}
+
+/// Deserializes JSON, naming the path of the first field that does not fit.
+fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("at `{path}`: {inner}")
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| format!("trailing data after the review: {e}"))?;
+    Ok(value)
+}
+
+fn check_type(
+    kind: &str,
+    api_version: &str,
+    want_kind: &str,
+    want_version: &str,
+) -> Result<(), String> {
+    if kind != want_kind {
+        return Err(format!("kind is `{kind}`, expected `{want_kind}`"));
+    }
+    if api_version != want_version {
+        return Err(format!(
+            "apiVersion is `{api_version}`; keyhook speaks `{want_version}` (set admissionReviewVersions/conversionReviewVersions to [v1])"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `handler` for `request`, denying the request if it does not finish
+/// within `deadline`.
+pub async fn admit_within<F>(
+    deadline: Duration,
+    request: &AdmissionRequest<DynamicObject>,
+    handler: F,
+) -> AdmissionResponse
+where
+    F: Future<Output = AdmissionResponse>,
+{
+    match tokio::time::timeout(deadline, handler).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(uid = %request.uid, ?deadline, "admission handler overran its deadline");
+            let mut response = AdmissionResponse::from(request).deny(format!(
+                "keyhook could not decide within its {} deadline (--request-timeout); the request was not admitted, retry it",
+                humantime::format_duration(deadline)
+            ));
+            response.result.code = StatusCode::GATEWAY_TIMEOUT.as_u16();
+            response.result.reason = "Timeout".into();
+            response
+        }
+    }
+}
+
+/// Runs a conversion `handler`, failing the review if it does not finish
+/// within `deadline`.
+pub async fn convert_within<F>(deadline: Duration, uid: &str, handler: F) -> ConversionResponse
+where
+    F: Future<Output = ConversionResponse>,
+{
+    match tokio::time::timeout(deadline, handler).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%uid, ?deadline, "conversion handler overran its deadline");
+            let mut response = ConversionResponse::invalid(Status::failure(
+                &format!(
+                    "keyhook could not convert within its {} deadline (--request-timeout)",
+                    humantime::format_duration(deadline)
+                ),
+                "Timeout",
+            ));
+            response.uid = uid.to_string();
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD_REVIEW: &str =
+        include_str!("../../tests/fixtures/admission/pod-create-deployment.json");
+
+    #[test]
+    fn a_real_pod_review_decodes() {
+        let request = decode_admission(POD_REVIEW.as_bytes()).unwrap();
+        assert_eq!(request.kind.kind, "Pod");
+        assert!(request.object.is_some());
+    }
+
+    #[test]
+    fn errors_name_the_field_that_is_wrong() {
+        let mangled = POD_REVIEW.replacen("\"uid\"", "\"uuid\"", 1);
+        let err = decode_admission(mangled.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("missing field `uid`"), "{err}");
+        assert!(err.to_string().contains("request"), "{err}");
+
+        let err =
+            decode_admission(br#"{"kind":"ConversionReview","apiVersion":"admission.k8s.io/v1"}"#)
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("kind is `ConversionReview`"),
+            "{err}"
+        );
+
+        let beta = POD_REVIEW.replacen("admission.k8s.io/v1", "admission.k8s.io/v1beta1", 1);
+        let err = decode_admission(beta.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("admission.k8s.io/v1beta1"),
+            "{err}"
+        );
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overrunning_handler_is_denied_with_the_reason() {
+        let request = decode_admission(POD_REVIEW.as_bytes()).unwrap();
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            AdmissionResponse::from(&request)
+        };
+        let response = admit_within(Duration::from_secs(8), &request, slow).await;
+        assert!(!response.allowed);
+        assert_eq!(response.uid, request.uid);
+        assert!(
+            response.result.message.contains("8s deadline"),
+            "{}",
+            response.result.message
+        );
+    }
+}

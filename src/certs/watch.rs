@@ -1,0 +1,120 @@
+//! Noticing new certificate files and offering them to the server.
+//!
+//! The directory is watched, not the files: the kubelet updates a Secret
+//! volume by writing a new timestamped directory and renaming the `..data`
+//! symlink onto it, so the file names never see an event of their own. A
+//! slow poll backs the watch up, and takes over when the platform offers no
+//! file events.
+
+use std::{path::Path, path::PathBuf, sync::Arc, time::Duration};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::{PemBundle, Refusal, ServingCert, read_bundle};
+
+/// Files often change in bursts (four renames for one rotation): wait for the
+/// burst to end before reading.
+const SETTLE: Duration = Duration::from_millis(150);
+/// Poll interval while file events work: only a safety net.
+const POLL_WITH_EVENTS: Duration = Duration::from_secs(10);
+/// Poll interval without file events: keeps reloads within the 2 s promise.
+const POLL_WITHOUT_EVENTS: Duration = Duration::from_secs(1);
+
+/// Reads the directory and offers its bundle; returns whether the served
+/// certificate changed.
+pub fn reload_from_dir(dir: &Path, serving: &ServingCert, now: i64) -> Result<bool, Refusal> {
+    let bundle = read_bundle(dir)?;
+    serving.offer(bundle, now)
+}
+
+/// Watches `dir` until `shutdown` and installs every new, good bundle.
+pub fn spawn_dir_watcher(
+    dir: PathBuf,
+    serving: Arc<ServingCert>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let (events_tx, mut events) = mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already holds a wake-up: dropping this one is fine.
+            let _ = events_tx.try_send(());
+        }
+    })
+    .and_then(|mut watcher| {
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map(|()| watcher)
+    });
+    let poll_every = match &watcher {
+        Ok(_) => POLL_WITH_EVENTS,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "no file events for the cert directory; polling every second");
+            POLL_WITHOUT_EVENTS
+        }
+    };
+
+    tokio::spawn(async move {
+        // Keep the watcher alive as long as the task.
+        let _watcher = watcher;
+        let mut poll = tokio::time::interval(poll_every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_refused: Option<RefusedCandidate> = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(()) = events.recv() => tokio::time::sleep(SETTLE).await,
+                _ = poll.tick() => {}
+            }
+            reload_once(&dir, &serving, &mut last_refused);
+        }
+    })
+}
+
+/// A refused candidate is reported once, not on every poll.
+#[derive(PartialEq)]
+enum RefusedCandidate {
+    Bundle(PemBundle),
+    Unreadable(String),
+}
+
+fn reload_once(dir: &Path, serving: &ServingCert, last_refused: &mut Option<RefusedCandidate>) {
+    let bundle = match read_bundle(dir) {
+        Ok(bundle) => bundle,
+        Err(e) => {
+            let candidate = RefusedCandidate::Unreadable(e.to_string());
+            if last_refused.as_ref() != Some(&candidate) {
+                tracing::error!(error = %e, "cannot read the cert directory; still serving the previous certificate");
+                *last_refused = Some(candidate);
+            }
+            return;
+        }
+    };
+    if let Some(RefusedCandidate::Bundle(refused)) = last_refused.as_ref()
+        && *refused == bundle
+    {
+        return;
+    }
+    match serving.offer(
+        bundle.clone(),
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+    ) {
+        Ok(true) => {
+            *last_refused = None;
+            if let Some(cert) = serving.current() {
+                let leaf = &cert.inspection.leaf;
+                tracing::info!(
+                    subject = %leaf.subject,
+                    not_after = %super::check::rfc3339(leaf.not_after),
+                    "serving a new certificate to new connections"
+                );
+            }
+        }
+        Ok(false) => *last_refused = None,
+        Err(refusal) => {
+            tracing::error!(error = %refusal, "refused a new certificate; still serving the previous one");
+            *last_refused = Some(RefusedCandidate::Bundle(bundle));
+        }
+    }
+}

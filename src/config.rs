@@ -1,0 +1,300 @@
+//! Every setting of `keyhook serve`, from flags and `KEYHOOK_*` environment
+//! variables, validated once at start.
+//!
+//! Each value is parsed by a clap value parser, so an invalid one fails at
+//! start with a message that names the flag (clap prints
+//! `invalid value 'x' for '--cert-validity <DURATION>': …`).
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+use crate::certs::{ServiceIdentity, SubjectAltName};
+
+/// Settings of `keyhook serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS webhook listener.
+    #[arg(
+        long,
+        env = "KEYHOOK_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:9443",
+        value_name = "ADDR"
+    )]
+    pub webhook_addr: SocketAddr,
+
+    /// Address of the plain-HTTP health and metrics listener.
+    #[arg(
+        long,
+        env = "KEYHOOK_HEALTH_ADDR",
+        default_value = "0.0.0.0:8081",
+        value_name = "ADDR"
+    )]
+    pub health_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub certs: CertArgs,
+
+    /// Largest request body accepted (e.g. `8MiB`); larger bodies get HTTP 413.
+    #[arg(long, env = "KEYHOOK_MAX_BODY", default_value = "8MiB", value_name = "SIZE", value_parser = parse_byte_size)]
+    pub max_body: usize,
+
+    /// Deadline for answering one review; keep it under the apiserver's 10 s.
+    #[arg(long, env = "KEYHOOK_REQUEST_TIMEOUT", default_value = "8s", value_name = "DURATION", value_parser = parse_request_timeout)]
+    pub request_timeout: Duration,
+
+    /// How long in-flight requests may run after SIGTERM before keyhook exits.
+    #[arg(long, env = "KEYHOOK_SHUTDOWN_GRACE", default_value = "25s", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Where certificates live and which names they must carry; shared by
+/// `serve` and the `certs` subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct CertArgs {
+    /// Directory holding `tls.crt`, `tls.key` and `ca.crt` (and `ca.key` when keyhook manages the CA).
+    #[arg(
+        long,
+        env = "KEYHOOK_CERT_DIR",
+        default_value = "./certs",
+        value_name = "DIR"
+    )]
+    pub cert_dir: PathBuf,
+
+    #[command(flatten)]
+    pub service: ServiceArgs,
+
+    /// Lifetime of a generated serving certificate (e.g. `8760h`).
+    #[arg(long, env = "KEYHOOK_CERT_VALIDITY", default_value = "8760h", value_name = "DURATION", value_parser = parse_cert_validity)]
+    pub cert_validity: Duration,
+}
+
+/// The Service the apiserver dials, which decides the names a serving
+/// certificate must carry.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Name of the Service in front of keyhook.
+    #[arg(long, env = "KEYHOOK_SERVICE_NAME", default_value = "keyhook", value_name = "NAME", value_parser = parse_dns_label)]
+    pub service_name: String,
+
+    /// Namespace of that Service.
+    #[arg(long, env = "KEYHOOK_SERVICE_NAMESPACE", default_value = "keyhook", value_name = "NAMESPACE", value_parser = parse_dns_label)]
+    pub service_namespace: String,
+
+    /// The cluster's DNS domain.
+    #[arg(long, env = "KEYHOOK_CLUSTER_DOMAIN", default_value = "cluster.local", value_name = "DOMAIN", value_parser = parse_dns_name)]
+    pub cluster_domain: String,
+
+    /// Another DNS name or IP address for the serving certificate (repeatable;
+    /// comma-separated in the environment variable).
+    #[arg(
+        long = "extra-san",
+        env = "KEYHOOK_EXTRA_SAN",
+        value_delimiter = ',',
+        value_name = "NAME_OR_IP"
+    )]
+    pub extra_sans: Vec<SubjectAltName>,
+}
+
+impl ServiceArgs {
+    /// The service identity these flags describe.
+    pub fn identity(&self) -> ServiceIdentity {
+        ServiceIdentity {
+            name: self.service_name.clone(),
+            namespace: self.service_namespace.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(
+        long,
+        env = "KEYHOOK_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// A tracing filter such as `info` or `keyhook=debug,info`; `RUST_LOG` is
+    /// read when this is not set.
+    #[arg(long, env = "KEYHOOK_LOG_LEVEL", value_name = "FILTER", value_parser = parse_log_filter)]
+    pub log_level: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Parses a duration such as `8s`, `25s`, `8760h` or `1h 30m`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{e} (expected e.g. `8s`, `15m`, `8760h`)"))
+}
+
+fn parse_request_timeout(value: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(value)?;
+    // The apiserver never waits more than 30 s for a webhook; a deadline at
+    // or past that would never fire before the apiserver gives up.
+    if timeout.is_zero() || timeout >= Duration::from_secs(30) {
+        return Err(
+            "must be more than 0s and less than 30s, the apiserver's longest webhook timeout"
+                .into(),
+        );
+    }
+    Ok(timeout)
+}
+
+fn parse_cert_validity(value: &str) -> Result<Duration, String> {
+    let validity = parse_duration(value)?;
+    if validity < Duration::from_secs(60) {
+        return Err("must be at least 1m".into());
+    }
+    if validity > Duration::from_secs(10 * 365 * 24 * 3600) {
+        return Err("must not exceed the CA's 10 years".into());
+    }
+    Ok(validity)
+}
+
+/// Parses a byte size such as `8MiB`, `512KiB` or `1048576`.
+fn parse_byte_size(value: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = value
+        .parse()
+        .map_err(|e| format!("{e} (expected e.g. `8MiB`, `512KiB`)"))?;
+    let bytes =
+        usize::try_from(size.as_u64()).map_err(|_| "too large for this platform".to_string())?;
+    if bytes == 0 {
+        return Err("must be more than 0 bytes".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_log_filter(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map(|_| value.to_string())
+        .map_err(|e| format!("not a tracing filter: {e}"))
+}
+
+/// A DNS-1123 label: what Kubernetes accepts as a Service or Namespace name.
+fn parse_dns_label(value: &str) -> Result<String, String> {
+    check_dns_label(value).map(|()| value.to_string())
+}
+
+fn parse_dns_name(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 253 {
+        return Err("must be 1 to 253 characters".into());
+    }
+    for label in value.split('.') {
+        check_dns_label(label).map_err(|e| format!("label `{label}`: {e}"))?;
+    }
+    Ok(value.to_string())
+}
+
+fn check_dns_label(label: &str) -> Result<(), String> {
+    let bytes = label.as_bytes();
+    let valid_chars = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    let edges_alnum = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    if label.is_empty() || label.len() > 63 || !valid_chars || !edges_alnum {
+        return Err(
+            "must be a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+impl FromStr for SubjectAltName {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if let Ok(ip) = value.parse() {
+            return Ok(SubjectAltName::Ip(ip));
+        }
+        let name = value.strip_prefix("*.").unwrap_or(value);
+        parse_dns_name(name).map_err(|e| format!("neither an IP address nor a DNS name: {e}"))?;
+        Ok(SubjectAltName::Dns(value.to_string()))
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_in_their_usual_forms() {
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(8760 * 3600))
+        );
+        assert_eq!(parse_request_timeout("8s"), Ok(Duration::from_secs(8)));
+        assert_eq!(parse_byte_size("8MiB"), Ok(8 * 1024 * 1024));
+        assert_eq!(parse_byte_size("1048576"), Ok(1024 * 1024));
+    }
+
+    #[test]
+    fn out_of_range_values_say_what_is_allowed() {
+        assert!(
+            parse_request_timeout("30s")
+                .unwrap_err()
+                .contains("less than 30s")
+        );
+        assert!(
+            parse_request_timeout("0s")
+                .unwrap_err()
+                .contains("more than 0s")
+        );
+        assert!(
+            parse_cert_validity("10s")
+                .unwrap_err()
+                .contains("at least 1m")
+        );
+        assert!(parse_byte_size("0").unwrap_err().contains("more than 0"));
+        assert!(parse_duration("soon").unwrap_err().contains("expected"));
+    }
+
+    #[test]
+    fn service_names_follow_kubernetes_rules() {
+        assert!(parse_dns_label("keyhook").is_ok());
+        assert!(parse_dns_label("Keyhook").is_err());
+        assert!(parse_dns_label("-keyhook").is_err());
+        assert!(parse_dns_label("").is_err());
+        assert!(parse_dns_name("cluster.local").is_ok());
+        assert!(parse_dns_name("cluster..local").is_err());
+    }
+
+    #[test]
+    fn extra_sans_are_ip_addresses_or_dns_names() {
+        assert_eq!(
+            "10.0.0.7".parse::<SubjectAltName>(),
+            Ok(SubjectAltName::Ip("10.0.0.7".parse().unwrap()))
+        );
+        assert_eq!(
+            "webhook.example.com".parse::<SubjectAltName>(),
+            Ok(SubjectAltName::Dns("webhook.example.com".into()))
+        );
+        assert!("not a name!".parse::<SubjectAltName>().is_err());
+    }
+}

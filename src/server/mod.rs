@@ -1,0 +1,303 @@
+//! The server: certificates prepared, listeners bound, webhooks and admin
+//! endpoints served until shutdown, then drained.
+
+pub mod listener;
+pub mod routes;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    certs::{self, Ensured, ServingCert, SubjectAltName},
+    config::ServeArgs,
+    health::{self, Readiness},
+    metrics::Metrics,
+};
+
+/// Longest single sleep of the renewal loop, so a wall-clock jump (a
+/// suspended laptop, a corrected node clock) is noticed within the hour.
+const MAX_RENEWAL_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Why the server could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The flag that set it.
+        flag: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificates could not be prepared.
+    #[error(transparent)]
+    Certs(#[from] certs::Error),
+    /// The TLS configuration was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The admin listener failed.
+    #[error("health listener: {0}")]
+    Health(#[source] std::io::Error),
+}
+
+/// Where keyhook runs, which decides who issues its certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No cluster: keyhook is its own CA and keeps the files in `--cert-dir`.
+    Standalone,
+    /// In a pod or with a kubeconfig: certificates come from `--cert-dir`.
+    Cluster,
+}
+
+impl Mode {
+    /// Standalone unless running in a pod or a kubeconfig exists.
+    pub fn detect() -> Self {
+        let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let kubeconfig_env = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
+        let kubeconfig_file = std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".kube").join("config"))
+            .is_some_and(|path| path.is_file());
+        if in_pod || kubeconfig_env || kubeconfig_file {
+            Mode::Cluster
+        } else {
+            Mode::Standalone
+        }
+    }
+}
+
+/// A server with its certificates loaded and its sockets bound.
+pub struct Server {
+    args: ServeArgs,
+    mode: Mode,
+    metrics: Arc<Metrics>,
+    serving: Arc<ServingCert>,
+    webhook: TcpListener,
+    health: TcpListener,
+}
+
+impl Server {
+    /// Prepares certificates for `mode` and binds both listeners.
+    pub async fn bind(args: ServeArgs, mode: Mode) -> Result<Self, Error> {
+        let metrics = Arc::new(Metrics::new());
+        let identity = args.certs.service.identity();
+        let serving = Arc::new(ServingCert::new(identity, metrics.certs.clone()));
+        let cert_dir = &args.certs.cert_dir;
+        match mode {
+            Mode::Standalone => {
+                let bundle = ensure_standalone_certs(&args)?;
+                serving
+                    .offer(bundle, OffsetDateTime::now_utc().unix_timestamp())
+                    .map_err(refusal_to_error)?;
+            }
+            Mode::Cluster => {
+                tracing::warn!(
+                    cert_dir = %cert_dir.display(),
+                    "a cluster is configured: serving the certificate mounted in --cert-dir (in-cluster certificate management is not built yet)"
+                );
+                if let Err(e) = certs::reload_from_dir(
+                    cert_dir,
+                    &serving,
+                    OffsetDateTime::now_utc().unix_timestamp(),
+                ) {
+                    tracing::error!(error = %e, "no usable certificate yet; /readyz stays false until one appears");
+                }
+            }
+        }
+        let webhook = bind(args.webhook_addr, "--webhook-addr").await?;
+        let health = bind(args.health_addr, "--health-addr").await?;
+        Ok(Self {
+            args,
+            mode,
+            metrics,
+            serving,
+            webhook,
+            health,
+        })
+    }
+
+    /// The address the webhook listener is bound to.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook.local_addr().unwrap_or(self.args.webhook_addr)
+    }
+
+    /// The address the health listener is bound to.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health.local_addr().unwrap_or(self.args.health_addr)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests
+    /// for up to `--shutdown-grace`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Server {
+            args,
+            mode,
+            metrics,
+            serving,
+            webhook,
+            health,
+        } = self;
+        let webhook_addr = webhook.local_addr().unwrap_or(args.webhook_addr);
+        let health_addr = health.local_addr().unwrap_or(args.health_addr);
+        log_where_everything_is(&args, webhook_addr, health_addr);
+
+        // Background tasks outlive the webhook drain: /readyz keeps
+        // answering (false) until keyhook exits.
+        let background = CancellationToken::new();
+        let watcher = certs::spawn_dir_watcher(
+            args.certs.cert_dir.clone(),
+            serving.clone(),
+            background.clone(),
+        );
+        let renewal = (mode == Mode::Standalone)
+            .then(|| tokio::spawn(renew_standalone(args.clone(), background.clone())));
+
+        let admin = health::router(
+            Readiness::new(serving.clone(), shutdown.clone()),
+            metrics.clone(),
+        );
+        let admin_stop = background.clone();
+        let admin = tokio::spawn(async move {
+            axum::serve(health, admin)
+                .with_graceful_shutdown(admin_stop.cancelled_owned())
+                .await
+        });
+
+        let settings = routes::WebhookSettings {
+            max_body: args.max_body,
+            request_timeout: args.request_timeout,
+        };
+        let router = routes::webhook_router(settings, metrics.http.clone());
+        let tls = listener::tls_config(serving)?;
+        let drained = listener::serve_tls(
+            webhook,
+            tls,
+            router,
+            metrics.certs.clone(),
+            shutdown,
+            args.shutdown_grace,
+        )
+        .await;
+
+        background.cancel();
+        let _ = watcher.await;
+        if let Some(renewal) = renewal {
+            let _ = renewal.await;
+        }
+        match admin.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Health(e)),
+            Err(e) => tracing::error!(error = %e, "health listener task failed"),
+        }
+        tracing::info!(drained, "keyhook stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, flag, source })
+}
+
+fn refusal_to_error(refusal: certs::Refusal) -> Error {
+    match refusal {
+        certs::Refusal::Unusable(e) => Error::Certs(e),
+        certs::Refusal::FailsChecks(problems) => {
+            // A freshly generated certificate failing its own checks means
+            // the flags contradict each other; say which checks failed.
+            Error::Certs(certs::Error::Parse {
+                what: "generated certificate".into(),
+                reason: problems.join("; "),
+            })
+        }
+    }
+}
+
+fn standalone_sans(args: &ServeArgs) -> Vec<SubjectAltName> {
+    args.certs
+        .service
+        .identity()
+        .san_list(&args.certs.service.extra_sans, true)
+}
+
+/// Makes sure `--cert-dir` holds a CA and serving certificate for a local run.
+fn ensure_standalone_certs(args: &ServeArgs) -> Result<certs::PemBundle, Error> {
+    let dir = &args.certs.cert_dir;
+    let (bundle, ensured) = certs::ensure_self_managed(
+        dir,
+        &standalone_sans(args),
+        args.certs.cert_validity,
+        OffsetDateTime::now_utc(),
+    )?;
+    match ensured {
+        Ensured::Reused => {
+            tracing::info!(cert_dir = %dir.display(), "reusing the CA and serving certificate")
+        }
+        Ensured::Written { new_ca, reason } => tracing::info!(
+            cert_dir = %dir.display(),
+            new_ca,
+            %reason,
+            "wrote a new serving certificate{}",
+            if new_ca { " and CA" } else { "" }
+        ),
+    }
+    Ok(bundle)
+}
+
+/// Renews the standalone certificates when a third of their life is left;
+/// the directory watcher then serves them.
+async fn renew_standalone(args: ServeArgs, stop: CancellationToken) {
+    loop {
+        let next = match certs::read_bundle(&args.certs.cert_dir)
+            .ok()
+            .and_then(|b| certs::Inspection::parse(&b.tls_crt, &b.ca_crt).ok())
+        {
+            Some(inspection) => std::iter::once(&inspection.leaf)
+                .chain(&inspection.cas)
+                .map(|c| certs::renewal_time(c.not_before, c.not_after))
+                .min()
+                .unwrap_or_default(),
+            None => 0,
+        };
+        let wait = (next - OffsetDateTime::now_utc().unix_timestamp()).max(1);
+        let wait = Duration::from_secs(u64::try_from(wait).unwrap_or(1)).min(MAX_RENEWAL_SLEEP);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        if let Err(e) = ensure_standalone_certs(&args) {
+            tracing::error!(error = %e, "renewing the standalone certificates failed; retrying in a minute");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+        }
+    }
+}
+
+fn log_where_everything_is(args: &ServeArgs, webhook: SocketAddr, health: SocketAddr) {
+    let dir = args.certs.cert_dir.display();
+    let host = |addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            format!("localhost:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    };
+    tracing::info!(
+        "webhooks on https://{webhook} (POST {}), health and metrics on http://{health} (/healthz /readyz /metrics)",
+        routes::MUTATE_POD
+    );
+    tracing::info!(
+        "certificates in {dir}; try: curl --cacert {dir}/ca.crt -H 'Content-Type: application/json' --data @tests/fixtures/admission/pod-create-deployment.json https://{}{}",
+        host(webhook),
+        routes::MUTATE_POD
+    );
+}

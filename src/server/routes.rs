@@ -1,0 +1,190 @@
+//! The webhook router: review bodies in, review responses out, with the
+//! HTTP limits and the one mapping from [`ReviewError`] to a status.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{FromRequest, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::time::Instant;
+
+use crate::{
+    admission::{self, ReviewError},
+    metrics::{HttpMetrics, PathLabels, RequestLabels},
+};
+
+/// Route templates, also the bounded set of `path` metric labels.
+pub const MUTATE_POD: &str = "/mutate-pod";
+const ROUTES: &[&str] = &[MUTATE_POD];
+
+/// Limits shared by every webhook route.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Largest accepted body, bytes.
+    pub max_body: usize,
+    /// Deadline for one review, from the moment its request arrives.
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct WebhookState {
+    settings: Arc<WebhookSettings>,
+}
+
+/// The router of the HTTPS webhook listener.
+pub fn webhook_router(settings: WebhookSettings, metrics: HttpMetrics) -> Router {
+    Router::new()
+        .route(MUTATE_POD, post(mutate_pod))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(WebhookState {
+            settings: Arc::new(settings),
+        })
+        .layer(middleware::from_fn_with_state(metrics, record_request))
+}
+
+async fn mutate_pod(
+    State(state): State<WebhookState>,
+    body: ReviewBody,
+) -> Result<Response, ReviewError> {
+    let request = admission::decode_admission(&body.bytes)?;
+    let deadline = state
+        .settings
+        .request_timeout
+        .saturating_sub(body.received.elapsed());
+    let response = admission::admit_within(deadline, &request, async {
+        admission::pod::mutate(&request)
+    })
+    .await;
+    Ok(Json(response.into_review()).into_response())
+}
+
+async fn unknown_path(request: Request) -> Response {
+    let known = ROUTES.join(", ");
+    let message = format!(
+        "no webhook at `{}`; keyhook serves {known}\n",
+        request.uri().path()
+    );
+    (StatusCode::NOT_FOUND, message).into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let message = format!(
+        "{} is not allowed on `{}`: POST a review\n",
+        request.method(),
+        request.uri().path()
+    );
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST")],
+        message,
+    )
+        .into_response()
+}
+
+impl IntoResponse for ReviewError {
+    fn into_response(self) -> Response {
+        tracing::debug!(error = %self, "rejected a webhook request");
+        (self.status(), format!("{self}\n")).into_response()
+    }
+}
+
+/// A review body: JSON, within `--max-body`, fully read before the deadline.
+struct ReviewBody {
+    bytes: Bytes,
+    received: Instant,
+}
+
+impl FromRequest<WebhookState> for ReviewBody {
+    type Rejection = ReviewError;
+
+    async fn from_request(request: Request, state: &WebhookState) -> Result<Self, Self::Rejection> {
+        let received = Instant::now();
+        let settings = &state.settings;
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("<not text>"));
+        if !content_type.is_some_and(is_json) {
+            return Err(ReviewError::UnsupportedMediaType(
+                content_type.unwrap_or("<none>").to_string(),
+            ));
+        }
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > settings.max_body) {
+            return Err(ReviewError::TooLarge {
+                limit: settings.max_body,
+            });
+        }
+        let body = Limited::new(request.into_body(), settings.max_body);
+        let collected = tokio::time::timeout(settings.request_timeout, body.collect())
+            .await
+            .map_err(|_| ReviewError::BodyTimeout(settings.request_timeout))?;
+        match collected {
+            Ok(body) => Ok(ReviewBody {
+                bytes: body.to_bytes(),
+                received,
+            }),
+            Err(e) if e.is::<LengthLimitError>() => Err(ReviewError::TooLarge {
+                limit: settings.max_body,
+            }),
+            Err(e) => Err(ReviewError::BodyRead(e.to_string())),
+        }
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+async fn record_request(
+    State(metrics): State<HttpMetrics>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let path = ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .map_or("unmatched", |r| r)
+        .to_string();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .duration
+        .get_or_create(&PathLabels { path: path.clone() })
+        .observe(start.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            path,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_are_recognised_with_parameters() {
+        assert!(is_json("application/json"));
+        assert!(is_json("application/json; charset=utf-8"));
+        assert!(is_json("Application/JSON"));
+        assert!(!is_json("application/yaml"));
+        assert!(!is_json("application/json-patch+json"));
+    }
+}
