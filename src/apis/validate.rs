@@ -7,6 +7,9 @@
 //! client wrote where the field exists there. DELETE is always allowed.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use regex::Regex;
 
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
@@ -114,8 +117,20 @@ fn typed<T: DeserializeOwned>(spec: Value) -> Result<T, String> {
     serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "spec".to_owned() } else { format!("spec.{path}") };
-        format!("{field}: {}", e.into_inner())
+        format!("{field}: {}", redact(&e.into_inner().to_string()))
     })
+}
+
+/// Drops the offending value from a serde message ("invalid type: string
+/// \"hunter2\", expected …"): the field may hold a secret, e.g. a fake
+/// provider's `value`.
+fn redact(message: &str) -> String {
+    static FOUND_VALUE: LazyLock<Regex> = LazyLock::new(|| {
+        // Constant pattern, exercised by the tests: cannot fail at run time.
+        Regex::new(r#"^(invalid type: \w+|invalid value: \w+|unknown variant|unknown field) (`[^`]*`|"(?:[^"\\]|\\.)*"|[^\s,]+)"#)
+            .expect("constant regex")
+    });
+    FOUND_VALUE.replace(message, "$1").into_owned()
 }
 
 fn external_secret(spec: &ExternalSecretSpec) -> Vec<String> {
