@@ -8,7 +8,9 @@ use kube::core::conversion::{ConversionRequest, ConversionReview};
 use serde_json::{Value, json};
 
 fn fixture(path: &str) -> Value {
-    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apis").join(path);
+    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/apis")
+        .join(path);
     let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
@@ -32,7 +34,9 @@ fn version_of(object: &Value) -> Version {
 }
 
 fn stash(object: &Value) -> Value {
-    let text = object["metadata"]["annotations"][CONVERSION_ANNOTATION].as_str().expect("stash annotation");
+    let text = object["metadata"]["annotations"][CONVERSION_ANNOTATION]
+        .as_str()
+        .expect("stash annotation");
     serde_json::from_str(text).unwrap()
 }
 
@@ -71,14 +75,23 @@ fn v1alpha1_external_secret_becomes_v1_as_upstream_maps_it() {
         "password: \"{{ .password | toString }}\"\ntoken: \"{{ .token | b64dec | toString }}\"\nuser: \"{{ (.creds | fromJson).user }}\"\n"
     );
     // Helpers removed upstream without a replacement are left as written.
-    assert_eq!(template["data"]["tls.key"], "{{ .mysecret | pkcs12key | pemPrivateKey }}");
+    assert_eq!(
+        template["data"]["tls.key"],
+        "{{ .mysecret | pkcs12key | pemPrivateKey }}"
+    );
     // Metadata is preserved; the original engine and templates are stashed.
     for field in ["name", "namespace", "uid", "resourceVersion", "labels"] {
-        assert_eq!(v1["metadata"][field], original["metadata"][field], "{field}");
+        assert_eq!(
+            v1["metadata"][field], original["metadata"][field],
+            "{field}"
+        );
     }
     assert_eq!(v1["metadata"]["annotations"]["acme.org/sha"], "1234");
     let stash = stash(&v1);
-    assert_eq!(stash["v1alpha1"][0], json!({"path": "/spec/target/template/engineVersion", "as": "v2"}));
+    assert_eq!(
+        stash["v1alpha1"][0],
+        json!({"path": "/spec/target/template/engineVersion", "as": "v2"})
+    );
     assert_eq!(v1["status"], original["status"]);
 }
 
@@ -88,7 +101,10 @@ fn v1_external_secret_in_v1alpha1_keeps_what_alpha_cannot_say_in_the_annotation(
     let alpha = convert_object(original.clone(), Version::V1Alpha1).unwrap();
     let spec = &alpha["spec"];
 
-    assert_eq!(spec["target"]["creationPolicy"], "Merge", "CreateOrMerge maps to Merge");
+    assert_eq!(
+        spec["target"]["creationPolicy"], "Merge",
+        "CreateOrMerge maps to Merge"
+    );
     assert!(spec["target"].get("deletionPolicy").is_none());
     assert!(spec.get("refreshPolicy").is_none());
     assert!(spec["target"]["template"].get("mergePolicy").is_none());
@@ -98,7 +114,11 @@ fn v1_external_secret_in_v1alpha1_keeps_what_alpha_cannot_say_in_the_annotation(
         json!([{"key": "database-credentials", "version": "v1", "property": "data", "conversionStrategy": "Default"}])
     );
     assert!(spec["data"][0].get("sourceRef").is_none());
-    assert!(spec["data"][0]["remoteRef"].get("decodingStrategy").is_none());
+    assert!(
+        spec["data"][0]["remoteRef"]
+            .get("decodingStrategy")
+            .is_none()
+    );
     // Fields keyhook does not model pass through untouched.
     assert_eq!(spec["syncWindows"], original["spec"]["syncWindows"]);
     assert_eq!(spec["data"][0]["remoteRef"]["nullBytePolicy"], "Ignore");
@@ -133,7 +153,11 @@ fn an_edit_made_in_the_old_version_wins_over_the_stash() {
     // What it could not see comes back.
     assert_eq!(v1["spec"]["target"]["deletionPolicy"], "Retain");
     assert_eq!(v1["spec"]["refreshPolicy"], "Periodic");
-    assert!(v1["metadata"]["annotations"].get(CONVERSION_ANNOTATION).is_none());
+    assert!(
+        v1["metadata"]["annotations"]
+            .get(CONVERSION_ANNOTATION)
+            .is_none()
+    );
 }
 
 #[test]
@@ -152,11 +176,17 @@ fn store_refresh_interval_maps_between_duration_and_seconds() {
 
 #[test]
 fn providers_keyhook_does_not_model_pass_through_every_version() {
-    for path in ["v1beta1/clustersecretstore-gcpsm.yaml", "v1/secretstore-doppler.yaml"] {
+    for path in [
+        "v1beta1/clustersecretstore-gcpsm.yaml",
+        "v1/secretstore-doppler.yaml",
+    ] {
         let original = fixture(path);
         for target in Version::ALL {
             let converted = convert_object(original.clone(), target).unwrap();
-            assert_eq!(converted["spec"]["provider"], original["spec"]["provider"], "{path} -> {target}");
+            assert_eq!(
+                converted["spec"]["provider"], original["spec"]["provider"],
+                "{path} -> {target}"
+            );
         }
     }
 }
@@ -216,9 +246,16 @@ fn review_mixing_kinds_and_source_versions_converts_each() {
     ];
     let body = answer(review("external-secrets.io/v1beta1", objects));
     let converted = body["response"]["convertedObjects"].as_array().unwrap();
-    let names: Vec<&str> = converted.iter().map(|o| o["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = converted
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["vault-backend", "staging", "k8s-store-default-ns"]);
-    assert!(converted.iter().all(|o| o["apiVersion"] == "external-secrets.io/v1beta1"));
+    assert!(
+        converted
+            .iter()
+            .all(|o| o["apiVersion"] == "external-secrets.io/v1beta1")
+    );
 }
 
 #[test]
@@ -232,22 +269,41 @@ fn review_failure_names_the_object_and_the_field() {
     assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
     assert_eq!(response["result"]["status"], "Failure");
     let message = response["result"]["message"].as_str().unwrap();
-    assert!(message.contains("object 1 (SecretStore team-a/staging)"), "{message}");
+    assert!(
+        message.contains("object 1 (SecretStore team-a/staging)"),
+        "{message}"
+    );
     assert!(message.contains("spec.refreshInterval"), "{message}");
-    assert!(response["convertedObjects"].as_array().is_none_or(Vec::is_empty));
+    assert!(
+        response["convertedObjects"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
 }
 
 #[test]
 fn review_for_an_unknown_version_or_kind_fails() {
-    let body = answer(review("external-secrets.io/v2", vec![fixture("v1/secretstore-openbao.yaml")]));
+    let body = answer(review(
+        "external-secrets.io/v2",
+        vec![fixture("v1/secretstore-openbao.yaml")],
+    ));
     assert_eq!(body["response"]["result"]["status"], "Failure");
-    assert!(body["response"]["result"]["message"].as_str().unwrap().contains("desiredAPIVersion"));
+    assert!(
+        body["response"]["result"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("desiredAPIVersion")
+    );
 
     let mut push = fixture("v1/secretstore-openbao.yaml");
     push["kind"] = json!("PushSecret");
     let body = answer(review("external-secrets.io/v1beta1", vec![push]));
     let message = body["response"]["result"]["message"].as_str().unwrap();
-    assert!(message.contains("object 0 (PushSecret team-a/openbao-backend)") && message.contains("kind"), "{message}");
+    assert!(
+        message.contains("object 0 (PushSecret team-a/openbao-backend)")
+            && message.contains("kind"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -255,5 +311,10 @@ fn a_tampered_conversion_annotation_is_reported_not_trusted() {
     let mut object = fixture("v1alpha1/secretstore-vault.yaml");
     object["metadata"]["annotations"] = json!({ CONVERSION_ANNOTATION: "{not json" });
     let error = convert_object(object, Version::V1).unwrap_err();
-    assert!(error.to_string().starts_with("metadata.annotations[keyhook.io/conversion-data]"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("metadata.annotations[keyhook.io/conversion-data]"),
+        "{error}"
+    );
 }

@@ -19,7 +19,10 @@ fn as_json() -> Vec<Value> {
 #[test]
 fn three_crds_serve_every_version_with_v1_as_storage() {
     let crds = as_json();
-    let names: Vec<&str> = crds.iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = crds
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(
         names,
         [
@@ -43,13 +46,23 @@ fn three_crds_serve_every_version_with_v1_as_storage() {
             .collect();
         assert_eq!(
             summary,
-            [("v1alpha1", true, false, true), ("v1beta1", true, false, true), ("v1", true, true, false)]
+            [
+                ("v1alpha1", true, false, true),
+                ("v1beta1", true, false, true),
+                ("v1", true, true, false)
+            ]
         );
         for v in &versions[..2] {
             let warning = v["deprecationWarning"].as_str().unwrap();
-            assert!(warning.contains("deprecated") && warning.contains("external-secrets.io/v1"), "{warning}");
+            assert!(
+                warning.contains("deprecated") && warning.contains("external-secrets.io/v1"),
+                "{warning}"
+            );
         }
-        assert_eq!(crd["metadata"]["labels"]["app.kubernetes.io/part-of"], "keyhook");
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "keyhook"
+        );
     }
     assert_eq!(crds[0]["spec"]["scope"], "Namespaced");
     assert_eq!(crds[1]["spec"]["scope"], "Namespaced");
@@ -77,7 +90,11 @@ fn schemas_keep_unknown_fields_and_provider_blocks() {
     for crd in as_json() {
         for version in crd["spec"]["versions"].as_array().unwrap() {
             let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
-            assert_eq!(spec["x-kubernetes-preserve-unknown-fields"], true, "{}", version["name"]);
+            assert_eq!(
+                spec["x-kubernetes-preserve-unknown-fields"], true,
+                "{}",
+                version["name"]
+            );
             if let Some(provider) = spec["properties"].get("provider") {
                 assert_eq!(provider["x-kubernetes-preserve-unknown-fields"], true);
                 assert!(provider["properties"]["vault"].is_object());

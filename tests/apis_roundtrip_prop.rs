@@ -34,7 +34,9 @@ fn opt(s: S) -> BoxedStrategy<Option<Value>> {
 }
 
 fn one_of(values: &'static [&'static str]) -> S {
-    proptest::sample::select(values).prop_map(Value::from).boxed()
+    proptest::sample::select(values)
+        .prop_map(Value::from)
+        .boxed()
 }
 
 fn name() -> S {
@@ -69,15 +71,31 @@ fn string_map(value: S) -> S {
 
 /// A field no version models, to check it passes through.
 fn unknown() -> (&'static str, BoxedStrategy<Option<Value>>) {
-    ("x-keyhook-future", opt(prop_oneof![text(), Just(json!({"nested": [1, 2]}))].boxed()))
+    (
+        "x-keyhook-future",
+        opt(prop_oneof![text(), Just(json!({"nested": [1, 2]}))].boxed()),
+    )
 }
 
 fn metadata(namespaced: bool) -> S {
     obj(vec![
         ("name", req(name())),
-        ("namespace", if namespaced { req(name()) } else { Just(None).boxed() }),
-        ("uid", req("[0-9a-f]{8}-[0-9a-f]{4}".prop_map(Value::from).boxed())),
-        ("resourceVersion", opt("[0-9]{1,6}".prop_map(Value::from).boxed())),
+        (
+            "namespace",
+            if namespaced {
+                req(name())
+            } else {
+                Just(None).boxed()
+            },
+        ),
+        (
+            "uid",
+            req("[0-9a-f]{8}-[0-9a-f]{4}".prop_map(Value::from).boxed()),
+        ),
+        (
+            "resourceVersion",
+            opt("[0-9]{1,6}".prop_map(Value::from).boxed()),
+        ),
         ("generation", opt((1..50i64).prop_map(Value::from).boxed())),
         ("labels", opt(string_map(name()))),
         ("annotations", opt(string_map(text()))),
@@ -93,8 +111,19 @@ fn store_ref() -> S {
 
 fn generator_ref() -> S {
     obj(vec![
-        ("apiVersion", opt(Just(json!("generators.external-secrets.io/v1alpha1")).boxed())),
-        ("kind", req(one_of(&["Password", "ECRAuthorizationToken", "UUID", "Fake"]))),
+        (
+            "apiVersion",
+            opt(Just(json!("generators.external-secrets.io/v1alpha1")).boxed()),
+        ),
+        (
+            "kind",
+            req(one_of(&[
+                "Password",
+                "ECRAuthorizationToken",
+                "UUID",
+                "Fake",
+            ])),
+        ),
         ("name", req(name())),
     ])
 }
@@ -108,14 +137,20 @@ fn remote_ref(version: Version) -> S {
     ];
     if version != Version::V1Alpha1 {
         fields.push(("metadataPolicy", opt(one_of(&["None", "Fetch"]))));
-        fields.push(("decodingStrategy", opt(one_of(&["Auto", "Base64", "Base64URL", "None"]))));
+        fields.push((
+            "decodingStrategy",
+            opt(one_of(&["Auto", "Base64", "Base64URL", "None"])),
+        ));
     }
     fields.push(unknown());
     obj(fields)
 }
 
 fn data_entry(version: Version) -> S {
-    let mut fields = vec![("secretKey", req(key())), ("remoteRef", req(remote_ref(version)))];
+    let mut fields = vec![
+        ("secretKey", req(key())),
+        ("remoteRef", req(remote_ref(version))),
+    ];
     if version != Version::V1Alpha1 {
         let source = prop_oneof![
             obj(vec![("storeRef", req(store_ref()))]),
@@ -132,8 +167,14 @@ fn data_from_entry(version: Version) -> S {
         return remote_ref(version);
     }
     let rewrite = prop_oneof![
-        obj(vec![("regexp", req(obj(vec![("source", req(text())), ("target", req(text()))])))]),
-        obj(vec![("transform", req(obj(vec![("template", req(template_text()))])))]),
+        obj(vec![(
+            "regexp",
+            req(obj(vec![("source", req(text())), ("target", req(text()))]))
+        )]),
+        obj(vec![(
+            "transform",
+            req(obj(vec![("template", req(template_text()))]))
+        )]),
     ]
     .boxed();
     let rewrites = opt(vec(rewrite, 0..3).prop_map(Value::from).boxed());
@@ -155,7 +196,10 @@ fn data_from_entry(version: Version) -> S {
             ("rewrite", rewrites),
             ("sourceRef", opt(obj(vec![("storeRef", req(store_ref()))]))),
         ]),
-        obj(vec![("sourceRef", req(obj(vec![("generatorRef", req(generator_ref()))])))]),
+        obj(vec![(
+            "sourceRef",
+            req(obj(vec![("generatorRef", req(generator_ref()))]))
+        )]),
     ]
     .boxed()
 }
@@ -168,9 +212,15 @@ fn template(version: Version) -> S {
     let item = if version == Version::V1Alpha1 {
         obj(vec![("key", req(key()))])
     } else {
-        obj(vec![("key", req(key())), ("templateAs", opt(one_of(&["Values", "KeysAndValues"])))])
+        obj(vec![
+            ("key", req(key())),
+            ("templateAs", opt(one_of(&["Values", "KeysAndValues"]))),
+        ])
     };
-    let template_ref = obj(vec![("name", req(name())), ("items", req(vec(item, 1..3).prop_map(Value::from).boxed()))]);
+    let template_ref = obj(vec![
+        ("name", req(name())),
+        ("items", req(vec(item, 1..3).prop_map(Value::from).boxed())),
+    ]);
     let template_from = if version == Version::V1Alpha1 {
         prop_oneof![
             obj(vec![("configMap", req(template_ref.clone()))]),
@@ -184,16 +234,35 @@ fn template(version: Version) -> S {
                 ("target", opt(one_of(&["Data", "Annotations", "Labels"]))),
             ]),
             obj(vec![("secret", req(template_ref))]),
-            obj(vec![("literal", req(template_text())), ("target", opt(one_of(&["Data", "Labels"])))]),
+            obj(vec![
+                ("literal", req(template_text())),
+                ("target", opt(one_of(&["Data", "Labels"])))
+            ]),
         ]
         .boxed()
     };
     let mut fields = vec![
-        ("type", opt(one_of(&["Opaque", "kubernetes.io/tls", "kubernetes.io/dockerconfigjson"]))),
+        (
+            "type",
+            opt(one_of(&[
+                "Opaque",
+                "kubernetes.io/tls",
+                "kubernetes.io/dockerconfigjson",
+            ])),
+        ),
         ("engineVersion", opt(one_of(engines))),
-        ("metadata", opt(obj(vec![("annotations", opt(string_map(text()))), ("labels", opt(string_map(name())))]))),
+        (
+            "metadata",
+            opt(obj(vec![
+                ("annotations", opt(string_map(text()))),
+                ("labels", opt(string_map(name()))),
+            ])),
+        ),
         ("data", opt(string_map(template_text()))),
-        ("templateFrom", opt(vec(template_from, 0..3).prop_map(Value::from).boxed())),
+        (
+            "templateFrom",
+            opt(vec(template_from, 0..3).prop_map(Value::from).boxed()),
+        ),
         unknown(),
     ];
     if version != Version::V1Alpha1 {
@@ -211,24 +280,47 @@ fn external_secret(version: Version) -> S {
     let mut target = vec![
         ("name", opt(name())),
         ("creationPolicy", opt(one_of(creation))),
-        ("immutable", opt(any::<bool>().prop_map(Value::from).boxed())),
+        (
+            "immutable",
+            opt(any::<bool>().prop_map(Value::from).boxed()),
+        ),
         ("template", opt(template(version))),
         unknown(),
     ];
     let mut spec = vec![
         ("secretStoreRef", req(store_ref())),
-        ("refreshInterval", opt(one_of(&["1h", "1h0m0s", "15m", "0", "30s"]))),
-        ("data", opt(vec(data_entry(version), 0..3).prop_map(Value::from).boxed())),
-        ("dataFrom", opt(vec(data_from_entry(version), 0..3).prop_map(Value::from).boxed())),
+        (
+            "refreshInterval",
+            opt(one_of(&["1h", "1h0m0s", "15m", "0", "30s"])),
+        ),
+        (
+            "data",
+            opt(vec(data_entry(version), 0..3).prop_map(Value::from).boxed()),
+        ),
+        (
+            "dataFrom",
+            opt(vec(data_from_entry(version), 0..3)
+                .prop_map(Value::from)
+                .boxed()),
+        ),
         unknown(),
     ];
     if version != Version::V1Alpha1 {
-        target.push(("deletionPolicy", opt(one_of(&["Delete", "Merge", "Retain"]))));
-        spec.push(("refreshPolicy", opt(one_of(&["CreatedOnce", "Periodic", "OnChange"]))));
+        target.push((
+            "deletionPolicy",
+            opt(one_of(&["Delete", "Merge", "Retain"])),
+        ));
+        spec.push((
+            "refreshPolicy",
+            opt(one_of(&["CreatedOnce", "Periodic", "OnChange"])),
+        ));
     }
     spec.push(("target", req(obj(target))));
     let status = obj(vec![
-        ("refreshTime", opt(Just(json!("2024-05-01T10:00:00Z")).boxed())),
+        (
+            "refreshTime",
+            opt(Just(json!("2024-05-01T10:00:00Z")).boxed()),
+        ),
         ("syncedResourceVersion", opt(key())),
         (
             "conditions",
@@ -236,7 +328,10 @@ fn external_secret(version: Version) -> S {
                 obj(vec![
                     ("type", req(Just(json!("Ready")).boxed())),
                     ("status", req(one_of(&["True", "False"]))),
-                    ("reason", opt(one_of(&["SecretSynced", "SecretSyncedError"]))),
+                    (
+                        "reason",
+                        opt(one_of(&["SecretSynced", "SecretSyncedError"])),
+                    ),
                 ]),
                 0..2,
             )
@@ -254,31 +349,53 @@ fn provider() -> S {
             "fake",
             req(obj(vec![(
                 "data",
-                req(vec(obj(vec![("key", req(key())), ("value", req(text())), ("version", opt(key()))]), 0..3)
-                    .prop_map(Value::from)
-                    .boxed()),
+                req(vec(
+                    obj(vec![
+                        ("key", req(key())),
+                        ("value", req(text())),
+                        ("version", opt(key()))
+                    ]),
+                    0..3
+                )
+                .prop_map(Value::from)
+                .boxed()),
             )])),
         )]),
         obj(vec![(
             "vault",
             req(obj(vec![
-                ("server", req(Just(json!("https://vault.example.com:8200")).boxed())),
+                (
+                    "server",
+                    req(Just(json!("https://vault.example.com:8200")).boxed())
+                ),
                 ("path", opt(key())),
                 ("version", opt(one_of(&["v1", "v2"]))),
-                ("auth", opt(obj(vec![("tokenSecretRef", req(selector.clone()))]))),
+                (
+                    "auth",
+                    opt(obj(vec![("tokenSecretRef", req(selector.clone()))]))
+                ),
             ])),
         )]),
         obj(vec![(
             "openBao",
             req(obj(vec![
-                ("server", req(Just(json!("https://bao.example.com")).boxed())),
-                ("auth", opt(obj(vec![("tokenSecretRef", req(selector.clone()))]))),
+                (
+                    "server",
+                    req(Just(json!("https://bao.example.com")).boxed())
+                ),
+                (
+                    "auth",
+                    opt(obj(vec![("tokenSecretRef", req(selector.clone()))]))
+                ),
             ])),
         )]),
         obj(vec![(
             "aws",
             req(obj(vec![
-                ("service", req(one_of(&["SecretsManager", "ParameterStore"]))),
+                (
+                    "service",
+                    req(one_of(&["SecretsManager", "ParameterStore"]))
+                ),
                 ("region", req(one_of(&["eu-central-1", "us-east-1"]))),
                 ("role", opt(text())),
             ])),
@@ -287,21 +404,53 @@ fn provider() -> S {
             "kubernetes",
             req(obj(vec![
                 ("remoteNamespace", opt(name())),
-                ("auth", opt(obj(vec![("serviceAccount", req(obj(vec![("name", req(name()))])))]))),
+                (
+                    "auth",
+                    opt(obj(vec![(
+                        "serviceAccount",
+                        req(obj(vec![("name", req(name()))]))
+                    )]))
+                ),
             ])),
         )]),
         obj(vec![(
             "onepassword",
             req(obj(vec![
-                ("connectHost", req(Just(json!("https://connect:8080")).boxed())),
-                ("vaults", req(btree_map("[a-z]{1,6}", 1..5i64, 1..3)
-                    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k, Value::from(v))).collect()))
-                    .boxed())),
-                ("auth", req(obj(vec![("secretRef", req(obj(vec![("connectTokenSecretRef", req(selector))])))]))),
+                (
+                    "connectHost",
+                    req(Just(json!("https://connect:8080")).boxed())
+                ),
+                (
+                    "vaults",
+                    req(btree_map("[a-z]{1,6}", 1..5i64, 1..3)
+                        .prop_map(|m| Value::Object(
+                            m.into_iter().map(|(k, v)| (k, Value::from(v))).collect()
+                        ))
+                        .boxed())
+                ),
+                (
+                    "auth",
+                    req(obj(vec![(
+                        "secretRef",
+                        req(obj(vec![("connectTokenSecretRef", req(selector))]))
+                    )]))
+                ),
             ])),
         )]),
-        obj(vec![("gcpsm", req(obj(vec![("projectID", req(name())), ("anything", opt(text()))])))]),
-        obj(vec![("doppler", req(obj(vec![("auth", req(Just(json!({"secretRef": {"dopplerToken": {"name": "t"}}})).boxed()))])))]),
+        obj(vec![(
+            "gcpsm",
+            req(obj(vec![
+                ("projectID", req(name())),
+                ("anything", opt(text()))
+            ]))
+        )]),
+        obj(vec![(
+            "doppler",
+            req(obj(vec![(
+                "auth",
+                req(Just(json!({"secretRef": {"dopplerToken": {"name": "t"}}})).boxed())
+            )]))
+        )]),
     ]
     .boxed()
 }
@@ -310,19 +459,42 @@ fn store(version: Version, kind: &'static str) -> S {
     let mut spec = vec![
         ("controller", opt(name())),
         ("provider", req(provider())),
-        ("retrySettings", opt(obj(vec![("maxRetries", opt((0..10i64).prop_map(Value::from).boxed())), ("retryInterval", opt(one_of(&["10s", "1m"])))]))),
+        (
+            "retrySettings",
+            opt(obj(vec![
+                ("maxRetries", opt((0..10i64).prop_map(Value::from).boxed())),
+                ("retryInterval", opt(one_of(&["10s", "1m"]))),
+            ])),
+        ),
         unknown(),
     ];
     let condition = obj(vec![
-        ("namespaceSelector", opt(obj(vec![("matchLabels", opt(string_map(name())))]))),
-        ("namespaces", opt(vec(name(), 0..3).prop_map(Value::from).boxed())),
-        ("namespaceRegexes", opt(vec(one_of(&["^team-.*$", "prod", "[a-z]+"]), 0..2).prop_map(Value::from).boxed())),
+        (
+            "namespaceSelector",
+            opt(obj(vec![("matchLabels", opt(string_map(name())))])),
+        ),
+        (
+            "namespaces",
+            opt(vec(name(), 0..3).prop_map(Value::from).boxed()),
+        ),
+        (
+            "namespaceRegexes",
+            opt(vec(one_of(&["^team-.*$", "prod", "[a-z]+"]), 0..2)
+                .prop_map(Value::from)
+                .boxed()),
+        ),
     ]);
     match version {
         Version::V1Alpha1 => {}
         Version::V1Beta1 => {
-            spec.push(("refreshInterval", opt((0..7200i64).prop_map(Value::from).boxed())));
-            spec.push(("conditions", opt(vec(condition, 0..2).prop_map(Value::from).boxed())));
+            spec.push((
+                "refreshInterval",
+                opt((0..7200i64).prop_map(Value::from).boxed()),
+            ));
+            spec.push((
+                "conditions",
+                opt(vec(condition, 0..2).prop_map(Value::from).boxed()),
+            ));
         }
         Version::V1 => {
             let interval = prop_oneof![
@@ -331,14 +503,23 @@ fn store(version: Version, kind: &'static str) -> S {
             ]
             .boxed();
             spec.push(("refreshInterval", opt(interval)));
-            spec.push(("conditions", opt(vec(condition, 0..2).prop_map(Value::from).boxed())));
+            spec.push((
+                "conditions",
+                opt(vec(condition, 0..2).prop_map(Value::from).boxed()),
+            ));
         }
     }
     let mut status = vec![(
         "conditions",
-        opt(vec(obj(vec![("type", req(Just(json!("Ready")).boxed())), ("status", req(one_of(&["True", "False"])))]), 0..2)
-            .prop_map(Value::from)
-            .boxed()),
+        opt(vec(
+            obj(vec![
+                ("type", req(Just(json!("Ready")).boxed())),
+                ("status", req(one_of(&["True", "False"]))),
+            ]),
+            0..2,
+        )
+        .prop_map(Value::from)
+        .boxed()),
     )];
     if version != Version::V1Alpha1 {
         status.push(("capabilities", opt(one_of(&["ReadOnly", "ReadWrite"]))));
@@ -378,15 +559,33 @@ fn assert_typed(object: &Value) {
     let version = Version::from_api_version(object["apiVersion"].as_str().unwrap()).unwrap();
     let kind = object["kind"].as_str().unwrap();
     let result = match (version, kind) {
-        (Version::V1Alpha1, "ExternalSecret") => serde_json::from_value::<v1alpha1::ExternalSecret>(object.clone()).map(drop),
-        (Version::V1Beta1, "ExternalSecret") => serde_json::from_value::<v1beta1::ExternalSecret>(object.clone()).map(drop),
-        (Version::V1, "ExternalSecret") => serde_json::from_value::<v1::ExternalSecret>(object.clone()).map(drop),
-        (Version::V1Alpha1, "SecretStore") => serde_json::from_value::<v1alpha1::SecretStore>(object.clone()).map(drop),
-        (Version::V1Beta1, "SecretStore") => serde_json::from_value::<v1beta1::SecretStore>(object.clone()).map(drop),
-        (Version::V1, "SecretStore") => serde_json::from_value::<v1::SecretStore>(object.clone()).map(drop),
-        (Version::V1Alpha1, _) => serde_json::from_value::<v1alpha1::ClusterSecretStore>(object.clone()).map(drop),
-        (Version::V1Beta1, _) => serde_json::from_value::<v1beta1::ClusterSecretStore>(object.clone()).map(drop),
-        (Version::V1, _) => serde_json::from_value::<v1::ClusterSecretStore>(object.clone()).map(drop),
+        (Version::V1Alpha1, "ExternalSecret") => {
+            serde_json::from_value::<v1alpha1::ExternalSecret>(object.clone()).map(drop)
+        }
+        (Version::V1Beta1, "ExternalSecret") => {
+            serde_json::from_value::<v1beta1::ExternalSecret>(object.clone()).map(drop)
+        }
+        (Version::V1, "ExternalSecret") => {
+            serde_json::from_value::<v1::ExternalSecret>(object.clone()).map(drop)
+        }
+        (Version::V1Alpha1, "SecretStore") => {
+            serde_json::from_value::<v1alpha1::SecretStore>(object.clone()).map(drop)
+        }
+        (Version::V1Beta1, "SecretStore") => {
+            serde_json::from_value::<v1beta1::SecretStore>(object.clone()).map(drop)
+        }
+        (Version::V1, "SecretStore") => {
+            serde_json::from_value::<v1::SecretStore>(object.clone()).map(drop)
+        }
+        (Version::V1Alpha1, _) => {
+            serde_json::from_value::<v1alpha1::ClusterSecretStore>(object.clone()).map(drop)
+        }
+        (Version::V1Beta1, _) => {
+            serde_json::from_value::<v1beta1::ClusterSecretStore>(object.clone()).map(drop)
+        }
+        (Version::V1, _) => {
+            serde_json::from_value::<v1::ClusterSecretStore>(object.clone()).map(drop)
+        }
     };
     if let Err(e) = result {
         panic!("{version} {kind} does not fit its type: {e}\n{object:#}");

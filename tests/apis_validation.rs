@@ -11,7 +11,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use serde_json::{Value, json};
 
 fn fixture(path: &str) -> Value {
-    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apis").join(path);
+    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/apis")
+        .join(path);
     let text = std::fs::read_to_string(&full).unwrap();
     serde_saphyr::from_str(&text).unwrap()
 }
@@ -22,7 +24,11 @@ fn plural(kind: &str) -> String {
 
 /// The AdmissionReview the apiserver posts for `operation` on `object`.
 fn admission(operation: &str, object: &Value) -> AdmissionRequest<DynamicObject> {
-    let (group, version) = object["apiVersion"].as_str().unwrap().split_once('/').unwrap();
+    let (group, version) = object["apiVersion"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
     let kind = object["kind"].as_str().unwrap();
     let gvk = json!({"group": group, "version": version, "kind": kind});
     let gvr = json!({"group": group, "version": version, "resource": plural(kind)});
@@ -64,7 +70,11 @@ fn assert_denied(object: &Value, fragments: &[&str]) {
     let response = check(object);
     assert!(!response.allowed, "expected a denial naming {fragments:?}");
     for fragment in fragments {
-        assert!(response.result.message.contains(fragment), "{:?} lacks {fragment:?}", response.result.message);
+        assert!(
+            response.result.message.contains(fragment),
+            "{:?} lacks {fragment:?}",
+            response.result.message
+        );
     }
 }
 
@@ -89,7 +99,11 @@ fn upstream_manifests_of_every_version_are_allowed() {
     ] {
         for operation in ["CREATE", "UPDATE"] {
             let response = validate(&admission(operation, &fixture(path)));
-            assert!(response.allowed, "{path} {operation}: {}", response.result.message);
+            assert!(
+                response.allowed,
+                "{path} {operation}: {}",
+                response.result.message
+            );
         }
     }
 }
@@ -133,29 +147,47 @@ fn data_from_entry_has_exactly_one_source() {
     let mut with_generator = es();
     with_generator["spec"]["dataFrom"][1]["sourceRef"] =
         json!({"generatorRef": {"kind": "Password", "name": "pw"}});
-    assert_denied(&with_generator, &["spec.dataFrom[1]", "find, sourceRef.generatorRef"]);
+    assert_denied(
+        &with_generator,
+        &["spec.dataFrom[1]", "find, sourceRef.generatorRef"],
+    );
 
     let mut none = es();
     none["spec"]["dataFrom"][1] = json!({"sourceRef": {"storeRef": {"name": "other"}}});
-    assert_denied(&none, &["spec.dataFrom[1]", "one of extract, find or sourceRef.generatorRef"]);
+    assert_denied(
+        &none,
+        &[
+            "spec.dataFrom[1]",
+            "one of extract, find or sourceRef.generatorRef",
+        ],
+    );
 }
 
 #[test]
 fn source_ref_names_a_store_or_a_generator() {
     let mut in_data = es();
     in_data["spec"]["data"][0]["sourceRef"] = json!({});
-    assert_denied(&in_data, &["spec.data[0].sourceRef", "storeRef or generatorRef"]);
+    assert_denied(
+        &in_data,
+        &["spec.data[0].sourceRef", "storeRef or generatorRef"],
+    );
 
     let mut in_data_from = es();
     in_data_from["spec"]["dataFrom"][0]["sourceRef"] = json!({});
-    assert_denied(&in_data_from, &["spec.dataFrom[0].sourceRef", "storeRef or generatorRef"]);
+    assert_denied(
+        &in_data_from,
+        &["spec.dataFrom[0].sourceRef", "storeRef or generatorRef"],
+    );
 }
 
 #[test]
 fn secret_keys_are_unique() {
     let mut object = fixture("v1beta1/externalsecret-full.yaml");
     object["spec"]["data"][1]["secretKey"] = json!("username");
-    assert_denied(&object, &["spec.data[1].secretKey", "`username`", "spec.data[0]"]);
+    assert_denied(
+        &object,
+        &["spec.data[1].secretKey", "`username`", "spec.data[0]"],
+    );
 }
 
 #[test]
@@ -169,7 +201,10 @@ fn secret_keys_are_unique_in_v1alpha1_too() {
 fn bootstrap_token_secrets_are_refused() {
     let mut object = es();
     object["spec"]["target"]["template"]["type"] = json!("bootstrap.kubernetes.io/token");
-    assert_denied(&object, &["spec.target.template.type", "bootstrap.kubernetes.io/token"]);
+    assert_denied(
+        &object,
+        &["spec.target.template.type", "bootstrap.kubernetes.io/token"],
+    );
 }
 
 #[test]
@@ -206,14 +241,27 @@ fn a_store_has_exactly_one_provider() {
 fn namespace_regexes_must_compile() {
     let mut object = fixture("v1/clustersecretstore-fake.yaml");
     object["spec"]["conditions"][0]["namespaceRegexes"] = json!(["^team-.*$", "([a-z"]);
-    assert_denied(&object, &["spec.conditions[0].namespaceRegexes[1]", "regular expression"]);
+    assert_denied(
+        &object,
+        &[
+            "spec.conditions[0].namespaceRegexes[1]",
+            "regular expression",
+        ],
+    );
 }
 
 #[test]
 fn a_field_of_the_wrong_shape_is_named() {
     let mut object = es();
     object["spec"]["target"]["creationPolicy"] = json!("Sometimes");
-    assert_denied(&object, &["spec.target.creationPolicy", "unknown variant", "expected one of"]);
+    assert_denied(
+        &object,
+        &[
+            "spec.target.creationPolicy",
+            "unknown variant",
+            "expected one of",
+        ],
+    );
 }
 
 #[test]
@@ -224,8 +272,14 @@ fn a_denial_never_echoes_a_provider_value() {
     let response = check(&store);
     assert!(!response.allowed);
     let message = &response.result.message;
-    assert!(message.contains("spec.provider.fake.data[0].value"), "{message}");
-    assert!(!message.contains("73519004") && !message.contains("hunter2"), "{message}");
+    assert!(
+        message.contains("spec.provider.fake.data[0].value"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("73519004") && !message.contains("hunter2"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -233,7 +287,10 @@ fn every_violation_is_reported_at_once() {
     let mut object = es();
     object["spec"]["target"]["template"]["type"] = json!("bootstrap.kubernetes.io/token");
     object["spec"]["refreshInterval"] = json!("later");
-    assert_denied(&object, &["spec.target.template.type", "spec.refreshInterval"]);
+    assert_denied(
+        &object,
+        &["spec.target.template.type", "spec.refreshInterval"],
+    );
 }
 
 #[test]

@@ -61,11 +61,19 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, CrdError> {
     [
         (
             "ExternalSecret",
-            vec![v1alpha1::ExternalSecret::crd(), v1beta1::ExternalSecret::crd(), v1::ExternalSecret::crd()],
+            vec![
+                v1alpha1::ExternalSecret::crd(),
+                v1beta1::ExternalSecret::crd(),
+                v1::ExternalSecret::crd(),
+            ],
         ),
         (
             "SecretStore",
-            vec![v1alpha1::SecretStore::crd(), v1beta1::SecretStore::crd(), v1::SecretStore::crd()],
+            vec![
+                v1alpha1::SecretStore::crd(),
+                v1beta1::SecretStore::crd(),
+                v1::SecretStore::crd(),
+            ],
         ),
         (
             "ClusterSecretStore",
@@ -104,9 +112,11 @@ fn finish(
         .get_or_insert_with(BTreeMap::new)
         .insert(PART_OF_LABEL.0.to_owned(), PART_OF_LABEL.1.to_owned());
     // Oldest first, as upstream lists them; `merge_crds` puts storage first.
-    crd.spec
-        .versions
-        .sort_by_key(|v| Version::ALL.iter().position(|known| known.as_str() == v.name));
+    crd.spec.versions.sort_by_key(|v| {
+        Version::ALL
+            .iter()
+            .position(|known| known.as_str() == v.name)
+    });
     for version in &mut crd.spec.versions {
         if version.name != Version::V1.as_str() {
             version.deprecated = Some(true);
@@ -158,7 +168,10 @@ fn preserve_unknown_fields(schema: &mut Value) {
         // `additionalProperties` (maps) and preserve-unknown-fields exclude
         // each other in a structural schema.
         if !map.contains_key("additionalProperties") {
-            map.insert("x-kubernetes-preserve-unknown-fields".to_owned(), Value::Bool(true));
+            map.insert(
+                "x-kubernetes-preserve-unknown-fields".to_owned(),
+                Value::Bool(true),
+            );
         }
     }
     for key in ["properties"] {

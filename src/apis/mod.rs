@@ -16,8 +16,8 @@ pub mod v1alpha1;
 pub mod v1beta1;
 pub mod validate;
 
-pub use convert::{ConversionError, convert_object};
 pub use convert::stash::ANNOTATION as CONVERSION_ANNOTATION;
+pub use convert::{ConversionError, convert_object};
 pub use crds::{crds, crds_yaml};
 pub use offline::{OfflineError, convert_documents};
 pub use review::convert_review;
@@ -111,8 +111,12 @@ impl Kind {
 
     /// Parses a kind name.
     pub fn from_name(name: &str) -> Option<Self> {
-        [Kind::ExternalSecret, Kind::SecretStore, Kind::ClusterSecretStore]
-            .into_iter()
-            .find(|k| k.as_str() == name)
+        [
+            Kind::ExternalSecret,
+            Kind::SecretStore,
+            Kind::ClusterSecretStore,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
     }
 }

@@ -21,18 +21,14 @@ pub enum OfflineError {
         reason: String,
     },
     /// One object could not be converted.
-    #[error("document {document}{item} ({kind} {name}): {source}")]
+    #[error("document {document}{object}: {source}")]
     Convert {
         /// 1-based index of the document in the stream.
         document: usize,
-        /// ` item N` for an item of a `List`, else empty.
-        item: String,
-        /// The object's kind.
-        kind: String,
-        /// `namespace/name` or `name` of the object.
-        name: String,
+        /// The object, e.g. ` item 2 (SecretStore team-a/vault)`.
+        object: String,
         /// What went wrong, naming the field.
-        source: ConversionError,
+        source: Box<ConversionError>,
     },
     /// The output could not be rendered.
     #[error("rendering the output: {reason}")]
@@ -70,9 +66,10 @@ pub fn convert_documents(input: &str, to: Version) -> Result<String, OfflineErro
     if is_json {
         let mut out = String::new();
         for document in &converted {
-            let text = serde_json::to_string_pretty(document).map_err(|e| OfflineError::Render {
-                reason: e.to_string(),
-            })?;
+            let text =
+                serde_json::to_string_pretty(document).map_err(|e| OfflineError::Render {
+                    reason: e.to_string(),
+                })?;
             out.push_str(&text);
             out.push('\n');
         }
@@ -89,32 +86,33 @@ fn convert_document(document: usize, mut value: Value, to: Version) -> Result<Va
     if is_list && let Some(Value::Array(items)) = value.get_mut("items") {
         for (i, item) in items.iter_mut().enumerate() {
             let taken = item.take();
-            *item = convert_one(taken, to).map_err(|(kind, name, source)| OfflineError::Convert {
+            *item = convert_one(taken, to).map_err(|(object, source)| OfflineError::Convert {
                 document,
-                item: format!(" item {i}"),
-                kind,
-                name,
-                source,
+                object: format!(" item {i}{object}"),
+                source: Box::new(source),
             })?;
         }
         return Ok(value);
     }
-    convert_one(value, to).map_err(|(kind, name, source)| OfflineError::Convert {
+    convert_one(value, to).map_err(|(object, source)| OfflineError::Convert {
         document,
-        item: String::new(),
-        kind,
-        name,
-        source,
+        object,
+        source: Box::new(source),
     })
 }
 
-/// Converts one object if it is one of ours, else returns it as it is.
-fn convert_one(value: Value, to: Version) -> Result<Value, (String, String, ConversionError)> {
+/// Converts one object if it is one of ours, else returns it as it is. An
+/// error comes with a label of the object, e.g. ` (SecretStore team-a/vault)`.
+fn convert_one(value: Value, to: Version) -> Result<Value, (String, ConversionError)> {
     let in_group = value
         .get("apiVersion")
         .and_then(Value::as_str)
         .is_some_and(|v| v.split('/').next() == Some(GROUP));
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     if !in_group || Kind::from_name(&kind).is_none() {
         return Ok(value);
     }
@@ -126,5 +124,5 @@ fn convert_one(value: Value, to: Version) -> Result<Value, (String, String, Conv
         (None, Some(name)) => name.to_owned(),
         _ => "<unnamed>".to_owned(),
     };
-    convert_object(value, to).map_err(|e| (kind, name, e))
+    convert_object(value, to).map_err(|e| (format!(" ({kind} {name})"), e))
 }

@@ -369,7 +369,11 @@ pub struct AwsProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_roles: Option<Vec<String>>,
     /// External ID used when assuming `role`.
-    #[serde(rename = "externalID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "externalID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub external_id: Option<String>,
     /// Session tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -401,13 +405,25 @@ pub struct AwsAuth {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AwsAuthSecretRef {
     /// Access key ID.
-    #[serde(rename = "accessKeyIDSecretRef", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "accessKeyIDSecretRef",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub access_key_id: Option<SecretKeySelector>,
     /// Secret access key.
-    #[serde(rename = "secretAccessKeySecretRef", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "secretAccessKeySecretRef",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub secret_access_key: Option<SecretKeySelector>,
     /// Session token.
-    #[serde(rename = "sessionTokenSecretRef", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "sessionTokenSecretRef",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub session_token: Option<SecretKeySelector>,
 }
 

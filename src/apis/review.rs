@@ -44,9 +44,14 @@ fn failure(message: String) -> Status {
 
 /// `object 3 (ExternalSecret shop/db)`, as far as the object allows.
 fn describe(index: usize, object: &Value) -> String {
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("object");
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("object");
     let name = object.pointer("/metadata/name").and_then(Value::as_str);
-    let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str);
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str);
     match (namespace, name) {
         (Some(ns), Some(name)) => format!("object {index} ({kind} {ns}/{name})"),
         (None, Some(name)) => format!("object {index} ({kind} {name})"),

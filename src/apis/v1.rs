@@ -1,6 +1,10 @@
 //! `external-secrets.io/v1`: the storage version and the hub every conversion
 //! goes through.
 
+// Each `printcolumn(...)` of `#[kube]` repeats `type_ = "string"`, which
+// clippy takes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;
@@ -24,11 +28,31 @@ pub use super::providers::SecretStoreProvider;
     status = "ExternalSecretStatus",
     shortname = "es",
     category = "external-secrets",
-    printcolumn(name = "StoreType", type_ = "string", json_path = ".spec.secretStoreRef.kind"),
-    printcolumn(name = "Store", type_ = "string", json_path = ".spec.secretStoreRef.name"),
-    printcolumn(name = "Refresh Interval", type_ = "string", json_path = ".spec.refreshInterval"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status")
+    printcolumn(
+        name = "StoreType",
+        type_ = "string",
+        json_path = ".spec.secretStoreRef.kind"
+    ),
+    printcolumn(
+        name = "Store",
+        type_ = "string",
+        json_path = ".spec.secretStoreRef.name"
+    ),
+    printcolumn(
+        name = "Refresh Interval",
+        type_ = "string",
+        json_path = ".spec.refreshInterval"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalSecretSpec {
@@ -345,10 +369,26 @@ impl JsonSchema for IntOrString {
     status = "SecretStoreStatus",
     shortname = "ss",
     category = "external-secrets",
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Capabilities", type_ = "string", json_path = ".status.capabilities"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Capabilities",
+        type_ = "string",
+        json_path = ".status.capabilities"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SecretStoreSpec {
@@ -377,10 +417,26 @@ pub struct SecretStoreSpec {
     status = "SecretStoreStatus",
     shortname = "css",
     category = "external-secrets",
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Capabilities", type_ = "string", json_path = ".status.capabilities"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Capabilities",
+        type_ = "string",
+        json_path = ".status.capabilities"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    )
 )]
 #[serde(transparent)]
 pub struct ClusterSecretStoreSpec(pub SecretStoreSpec);

@@ -3,6 +3,10 @@
 //! `v1`, and there are no deletion, merge or refresh policies, no `sourceRef`,
 //! and no store `conditions` or `refreshInterval`.
 
+// Each `printcolumn(...)` of `#[kube]` repeats `type_ = "string"`, which
+// clippy takes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;
@@ -26,9 +30,21 @@ pub use super::v1beta1::TemplateEngineVersion;
     status = "ExternalSecretStatus",
     shortname = "es",
     category = "external-secrets",
-    printcolumn(name = "Store", type_ = "string", json_path = ".spec.secretStoreRef.name"),
-    printcolumn(name = "Refresh Interval", type_ = "string", json_path = ".spec.refreshInterval"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason")
+    printcolumn(
+        name = "Store",
+        type_ = "string",
+        json_path = ".spec.secretStoreRef.name"
+    ),
+    printcolumn(
+        name = "Refresh Interval",
+        type_ = "string",
+        json_path = ".spec.refreshInterval"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalSecretSpec {
@@ -171,8 +187,16 @@ pub struct ExternalSecretDataRemoteRef {
     status = "SecretStoreStatus",
     shortname = "ss",
     category = "external-secrets",
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SecretStoreSpec {
@@ -203,8 +227,16 @@ pub struct SecretStoreStatus {
     status = "SecretStoreStatus",
     shortname = "css",
     category = "external-secrets",
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    )
 )]
 #[serde(transparent)]
 pub struct ClusterSecretStoreSpec(pub SecretStoreSpec);

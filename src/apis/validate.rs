@@ -97,15 +97,21 @@ fn violations(
         } else {
             format!("{}/{}", request.kind.group, request.kind.version)
         };
-        map.entry("apiVersion").or_insert(Value::String(group_version));
-        map.entry("kind").or_insert(Value::String(kind.as_str().to_owned()));
+        map.entry("apiVersion")
+            .or_insert(Value::String(group_version));
+        map.entry("kind")
+            .or_insert(Value::String(kind.as_str().to_owned()));
     }
-    let hub = convert_object(value, Version::V1).map_err(|e| e.to_string())?;
-    let spec = hub.get("spec").cloned().unwrap_or(Value::Null);
+    let mut hub = convert_object(value, Version::V1).map_err(|e| e.to_string())?;
+    let providers = match kind {
+        Kind::ExternalSecret => Vec::new(),
+        Kind::SecretStore | Kind::ClusterSecretStore => store_providers(&hub),
+    };
+    let spec = hub.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
     Ok(match kind {
         Kind::ExternalSecret => external_secret(&typed::<ExternalSecretSpec>(spec)?),
         Kind::SecretStore | Kind::ClusterSecretStore => {
-            let mut found = store_providers(&hub);
+            let mut found = providers;
             found.extend(store(&typed::<SecretStoreSpec>(spec)?));
             found
         }
@@ -116,7 +122,11 @@ fn violations(
 fn typed<T: DeserializeOwned>(spec: Value) -> Result<T, String> {
     serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "spec".to_owned() } else { format!("spec.{path}") };
+        let field = if path == "." {
+            "spec".to_owned()
+        } else {
+            format!("spec.{path}")
+        };
         format!("{field}: {}", redact(&e.into_inner().to_string()))
     })
 }
@@ -136,7 +146,9 @@ fn redact(message: &str) -> String {
 fn external_secret(spec: &ExternalSecretSpec) -> Vec<String> {
     let mut found = Vec::new();
     let target = spec.target.as_ref();
-    let creation = target.and_then(|t| t.creation_policy).unwrap_or(CreationPolicy::Owner);
+    let creation = target
+        .and_then(|t| t.creation_policy)
+        .unwrap_or(CreationPolicy::Owner);
     match target.and_then(|t| t.deletion_policy) {
         Some(DeletionPolicy::Delete)
             if matches!(
@@ -161,7 +173,9 @@ fn external_secret(spec: &ExternalSecretSpec) -> Vec<String> {
         .and_then(|t| t.type_.as_deref())
         .filter(|t| *t == BOOTSTRAP_TOKEN)
     {
-        found.push(format!("spec.target.template.type: `{kind}` is not allowed"));
+        found.push(format!(
+            "spec.target.template.type: `{kind}` is not allowed"
+        ));
     }
     let data = spec.data.as_deref().unwrap_or_default();
     let data_from = spec.data_from.as_deref().unwrap_or_default();
@@ -192,13 +206,18 @@ fn external_secret(spec: &ExternalSecretSpec) -> Vec<String> {
     if let Some(interval) = &spec.refresh_interval
         && let Err(e) = interval.parse::<kube::core::Duration>()
     {
-        found.push(format!("spec.refreshInterval: not a duration such as `1h30m`: {e}"));
+        found.push(format!(
+            "spec.refreshInterval: not a duration such as `1h30m`: {e}"
+        ));
     }
     found
 }
 
 fn data_from_entry(i: usize, entry: &ExternalSecretDataFromRemoteRef) -> Option<String> {
-    let generator = entry.source_ref.as_ref().and_then(|s| s.generator_ref.as_ref());
+    let generator = entry
+        .source_ref
+        .as_ref()
+        .and_then(|s| s.generator_ref.as_ref());
     if let Some(source) = &entry.source_ref
         && source.store_ref.is_none()
         && source.generator_ref.is_none()

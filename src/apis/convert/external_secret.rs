@@ -30,11 +30,11 @@ pub(super) fn up(
     object: &mut Value,
     recorder: &mut Recorder,
 ) -> Result<(), ConversionError> {
-    if from == Version::V1Alpha1 {
-        if let Some(entries) = array_at(object, DATA_FROM)? {
-            for entry in entries.iter_mut() {
-                *entry = Value::Object(Map::from_iter([("extract".to_owned(), entry.take())]));
-            }
+    if from == Version::V1Alpha1
+        && let Some(entries) = array_at(object, DATA_FROM)?
+    {
+        for entry in entries.iter_mut() {
+            *entry = Value::Object(Map::from_iter([("extract".to_owned(), entry.take())]));
         }
     }
     upgrade_template_engine(from, object, recorder)
@@ -63,7 +63,13 @@ pub(super) fn down(
         template.insert("engineVersion".to_owned(), Value::from("v2"));
         recorder.note(ENGINE_VERSION, None, Some(Value::from("v2")));
     }
-    project(object, TEMPLATE_FROM, recorder, alpha_template_from, Clone::clone)?;
+    project(
+        object,
+        TEMPLATE_FROM,
+        recorder,
+        alpha_template_from,
+        Clone::clone,
+    )?;
     project(object, DATA, recorder, alpha_data, Clone::clone)?;
     project(object, DATA_FROM, recorder, alpha_data_from, |flat| {
         Value::Object(Map::from_iter([("extract".to_owned(), flat.clone())]))

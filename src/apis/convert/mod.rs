@@ -119,7 +119,10 @@ fn down(
 
 fn set_api_version(object: &mut Value, to: Version) -> Result<(), ConversionError> {
     let map = object.as_object_mut().ok_or(ConversionError::NotAnObject)?;
-    map.insert("apiVersion".to_owned(), Value::String(to.api_version().to_owned()));
+    map.insert(
+        "apiVersion".to_owned(),
+        Value::String(to.api_version().to_owned()),
+    );
     Ok(())
 }
 

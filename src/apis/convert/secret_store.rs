@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use super::stash::{Recorder, remove};
 use super::ConversionError;
+use super::stash::{Recorder, remove};
 use crate::apis::Version;
 
 const REFRESH_INTERVAL: &str = "/spec/refreshInterval";

@@ -40,7 +40,11 @@ pub(crate) struct Stash {
     by_version: BTreeMap<String, Vec<Entry>>,
     /// The object had an empty `metadata.annotations` map before the stash
     /// was written; keep it empty, rather than absent, on the way back.
-    #[serde(rename = "emptyAnnotations", default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        rename = "emptyAnnotations",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     empty_annotations: bool,
 }
 
@@ -183,7 +187,8 @@ pub(crate) fn set(object: &mut Value, path: &str, value: Value) {
             Value::Object(map) => map
                 .entry(token.clone())
                 .or_insert_with(|| Value::Object(Map::new())),
-            Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+            Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get_mut(i))
+            {
                 Some(item) => item,
                 None => return,
             },

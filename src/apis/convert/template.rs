@@ -24,8 +24,7 @@ const RENAMES: [(&str, &str); 4] = [
 static ACTION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?s)\{\{.*?\}\}").expect("constant regex"));
 static HELPER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(^|[^.\w$])(base64encode|base64decode|fromJSON|toJSON)\b")
-        .expect("constant regex")
+    Regex::new(r"(^|[^.\w$])(base64encode|base64decode|fromJSON|toJSON)\b").expect("constant regex")
 });
 
 /// Rewrites one engine-`v1` template into its engine-`v2` form.
@@ -52,7 +51,9 @@ mod tests {
     #[test]
     fn renames_helpers_inside_actions_only() {
         assert_eq!(
-            v1_to_v2("user: {{ .creds | fromJSON }} base64encode {{ .a | base64decode | toString }}"),
+            v1_to_v2(
+                "user: {{ .creds | fromJSON }} base64encode {{ .a | base64decode | toString }}"
+            ),
             "user: {{ .creds | fromJson }} base64encode {{ .a | b64dec | toString }}"
         );
         assert_eq!(v1_to_v2("{{ toJSON .x }}"), "{{ toJson .x }}");
@@ -61,6 +62,9 @@ mod tests {
     #[test]
     fn leaves_field_access_and_unknown_helpers_alone() {
         assert_eq!(v1_to_v2("{{ .base64encode }}"), "{{ .base64encode }}");
-        assert_eq!(v1_to_v2("{{ .k | pemPrivateKey }}"), "{{ .k | pemPrivateKey }}");
+        assert_eq!(
+            v1_to_v2("{{ .k | pemPrivateKey }}"),
+            "{{ .k | pemPrivateKey }}"
+        );
     }
 }
