@@ -7,6 +7,7 @@
 //! Prometheus, [`metrics`] defines every metric, and [`config`] every setting.
 
 pub mod admission;
+pub mod apis;
 pub mod certs;
 pub mod config;
 pub mod health;
