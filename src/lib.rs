@@ -8,7 +8,9 @@
 
 pub mod admission;
 pub mod certs;
+pub mod clock;
 pub mod config;
 pub mod health;
+pub mod leader;
 pub mod metrics;
 pub mod server;
