@@ -216,8 +216,8 @@ impl LeaderElector {
             }
             // A holder that could not renew within the deadline steps down
             // before the Lease expires for the others.
-            let leads = last_renewal
-                .is_some_and(|at| Instant::now() - at < self.settings.renew_deadline);
+            let leads =
+                last_renewal.is_some_and(|at| Instant::now() - at < self.settings.renew_deadline);
             self.set_leading(leads);
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -228,7 +228,9 @@ impl LeaderElector {
             self.set_leading(false);
             match self.release().await {
                 Ok(()) => tracing::info!("released the leader Lease"),
-                Err(e) => tracing::warn!(error = %e, "could not release the leader Lease; a successor waits for it to expire"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the leader Lease; a successor waits for it to expire")
+                }
             }
         }
     }
@@ -283,7 +285,9 @@ impl LeaderElector {
             at: Instant::now(),
         };
         let observed = match self.observed.take() {
-            Some(before) if before.holder == seen.holder && before.renew_time == seen.renew_time => {
+            Some(before)
+                if before.holder == seen.holder && before.renew_time == seen.renew_time =>
+            {
                 before
             }
             _ => seen,

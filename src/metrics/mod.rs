@@ -202,7 +202,7 @@ impl CertMetrics {
 }
 
 /// Which kind of object a caBundle was written into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum InjectionKind {
     /// A `MutatingWebhookConfiguration`.
     Mutating,
