@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     certs::{
-        CA_VALIDITY, ServingCert,
+        CA_VALIDITY, ServiceIdentity, ServingCert,
         controller::CertController,
         external,
         inject::{self, Injector},
@@ -25,6 +25,42 @@ use crate::{
     metrics::Metrics,
 };
 
+/// What the cluster-side tasks need to know, from the flags or a test.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Who issues the certificate.
+    pub mode: CertMode,
+    /// The Service the apiserver dials.
+    pub service: ServiceIdentity,
+    /// The Secret holding the certificates (self-managed mode).
+    pub secret: String,
+    /// The Lease to campaign for; `None` when election is disabled.
+    pub lease: Option<LeaseSettings>,
+    /// What the leader issues (self-managed mode).
+    pub policy: IssuePolicy,
+}
+
+impl ClusterSettings {
+    /// The settings `keyhook serve` was given.
+    pub fn from_args(args: &ServeArgs) -> Self {
+        let service = args.certs.service.identity();
+        Self {
+            mode: args.cluster.cert_mode,
+            lease: args
+                .cluster
+                .leader_elect
+                .then(|| LeaseSettings::new(&service.namespace, leader::default_identity())),
+            secret: args.cluster.cert_secret.clone(),
+            policy: IssuePolicy {
+                sans: service.san_list(&args.certs.service.extra_sans, false),
+                serving_validity: args.certs.cert_validity,
+                ca_validity: CA_VALIDITY,
+            },
+            service,
+        }
+    }
+}
+
 /// The cluster-side tasks of one replica.
 pub struct ClusterTasks {
     /// Whether this replica leads; later controllers run under it too.
@@ -35,28 +71,33 @@ pub struct ClusterTasks {
 }
 
 impl ClusterTasks {
-    /// Starts everything `args.cluster.cert_mode` needs. The election and
+    /// Starts everything `settings.mode` needs. The election and
     /// the leader-only controllers stop at `shutdown` (the Lease is released
     /// then, so a successor takes over while this replica drains); the
     /// watches that feed serving and readiness run until `background`.
     pub fn start(
         client: Client,
-        args: &ServeArgs,
+        settings: ClusterSettings,
         serving: Arc<ServingCert>,
         metrics: &Metrics,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
         background: CancellationToken,
     ) -> Self {
-        let identity = args.certs.service.identity();
+        let ClusterSettings {
+            mode,
+            service: identity,
+            secret,
+            lease,
+            policy,
+        } = settings;
         let mut tasks = Vec::new();
 
-        let leadership = if args.cluster.leader_elect {
-            let settings = LeaseSettings::new(&identity.namespace, leader::default_identity());
-            tracing::info!(identity = %settings.identity, lease = %settings.name, "campaigning for leadership");
+        let leadership = if let Some(lease) = lease {
+            tracing::info!(identity = %lease.identity, lease = %lease.name, "campaigning for leadership");
             let elector = LeaderElector::new(
                 client.clone(),
-                settings,
+                lease,
                 clock.clone(),
                 metrics.cluster.clone(),
             );
@@ -73,21 +114,12 @@ impl ClusterTasks {
         let readiness: Arc<dyn ReadinessCheck> =
             Arc::new(InjectedTrust::new(serving.clone(), managed.clone()));
 
-        match args.cluster.cert_mode {
+        match mode {
             CertMode::SelfManaged => {
-                let store = SecretStore::new(
-                    client.clone(),
-                    &identity.namespace,
-                    &args.cluster.cert_secret,
-                );
+                let store = SecretStore::new(client.clone(), &identity.namespace, &secret);
                 let (secret_changes, follower) =
                     store.follow(serving, clock.clone(), background.clone());
                 tasks.push(follower);
-                let policy = IssuePolicy {
-                    sans: identity.san_list(&args.certs.service.extra_sans, false),
-                    serving_validity: args.certs.cert_validity,
-                    ca_validity: CA_VALIDITY,
-                };
                 let controller = CertController::new(
                     store,
                     Injector::new(client, identity.clone(), metrics.cluster.clone()),
@@ -120,6 +152,14 @@ impl ClusterTasks {
             leadership,
             readiness,
             tasks,
+        }
+    }
+
+    /// Stops every task at once without releasing the Lease: what a crash
+    /// or SIGKILL does to a replica.
+    pub fn abort(self) {
+        for task in self.tasks {
+            task.abort();
         }
     }
 

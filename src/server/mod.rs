@@ -173,7 +173,7 @@ impl Server {
         let cluster = client.map(|client| {
             cluster::ClusterTasks::start(
                 client,
-                &args,
+                cluster::ClusterSettings::from_args(&args),
                 serving.clone(),
                 &metrics,
                 Arc::new(SystemClock),
