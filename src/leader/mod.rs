@@ -270,7 +270,7 @@ impl LeaderElector {
                 },
                 spec: Some(self.taken_spec(0, now)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match self.api.create(&self.post_params(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
                 Err(e) => Err(self.api_error("creating", e)),
@@ -318,7 +318,7 @@ impl LeaderElector {
         // candidates winning.
         match self
             .api
-            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .replace(&self.settings.name, &self.post_params(), &lease)
             .await
         {
             Ok(_) => Ok(true),
@@ -349,7 +349,7 @@ impl LeaderElector {
         spec.acquire_time = Some(now.clone());
         spec.renew_time = Some(now);
         self.api
-            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .replace(&self.settings.name, &self.post_params(), &lease)
             .await
             .map(|_| ())
             .map_err(|e| self.api_error("releasing", e))
@@ -369,6 +369,13 @@ impl LeaderElector {
 
     fn duration_seconds(&self) -> i32 {
         i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX)
+    }
+
+    fn post_params(&self) -> PostParams {
+        PostParams {
+            field_manager: Some(crate::certs::inject::FIELD_MANAGER.into()),
+            ..PostParams::default()
+        }
     }
 
     fn micro_now(&self) -> MicroTime {
