@@ -21,7 +21,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// A write the fake apiserver accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,16 +107,24 @@ impl FakeApiServer {
         }
     }
 
-    /// A client for `replica`; its writes are recorded under that name.
-    pub fn client(&self, replica: &str) -> kube::Client {
+    /// The apiserver as a tower service for `replica`'s client; its writes
+    /// are recorded under that name.
+    pub fn service(
+        &self,
+        replica: &str,
+    ) -> tower::util::BoxCloneService<Request<Body>, Response<ResponseBody>, Infallible> {
         let server = self.clone();
         let replica = replica.to_string();
-        let service = tower::service_fn(move |request: Request<Body>| {
+        tower::util::BoxCloneService::new(tower::service_fn(move |request: Request<Body>| {
             let server = server.clone();
             let replica = replica.clone();
             async move { Ok::<_, Infallible>(server.handle(&replica, request).await) }
-        });
-        kube::Client::new(service, "keyhook")
+        }))
+    }
+
+    /// A client for `replica`.
+    pub fn client(&self, replica: &str) -> kube::Client {
+        kube::Client::new(self.service(replica), "keyhook")
     }
 
     /// Stores `object` as if created by someone else.

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod fake_apiserver;
+pub mod scenarios;
 pub mod tls;
 
 use std::{path::PathBuf, time::Duration};
