@@ -17,7 +17,10 @@ async fn within_a_day<F: std::future::Future<Output = ()>>(scenario: F) {
 
 #[tokio::test(start_paused = true)]
 async fn two_replicas_only_the_lease_holder_writes() {
-    within_a_day(scenarios::two_replicas_only_the_holder_writes(&Harness::fake())).await;
+    within_a_day(scenarios::two_replicas_only_the_holder_writes(
+        &Harness::fake(),
+    ))
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -27,10 +30,18 @@ async fn a_full_ca_overlap_cycle_never_breaks_a_handshake() {
 
 #[tokio::test(start_paused = true)]
 async fn a_leader_killed_in_step_1_is_succeeded_from_the_secret() {
-    within_a_day(scenarios::leader_killed_mid_rotation(&Harness::fake(), true)).await;
+    within_a_day(scenarios::leader_killed_mid_rotation(
+        &Harness::fake(),
+        true,
+    ))
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_leader_killed_in_step_2_is_succeeded_from_the_secret() {
-    within_a_day(scenarios::leader_killed_mid_rotation(&Harness::fake(), false)).await;
+    within_a_day(scenarios::leader_killed_mid_rotation(
+        &Harness::fake(),
+        false,
+    ))
+    .await;
 }

@@ -96,21 +96,26 @@ impl Harness {
         }
     }
 
-    /// A real cluster, with a minute-scale schedule in real time.
+    /// A real cluster, with a minutes-scale schedule in real time.
     pub async fn real(kubeconfig: &std::path::Path) -> Self {
-        let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("reading KEYHOOK_E2E_KUBECONFIG");
+        let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)
+            .expect("reading KEYHOOK_E2E_KUBECONFIG");
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .expect("a usable kubeconfig");
         Self {
             backend: Backend::Real(config),
             writes: Arc::default(),
+            // Certificates start 5 minutes in the past (for nodes whose
+            // clock lags), so a renewal "when a third of the life is left"
+            // needs validities well above 2.5 minutes: these give a serving
+            // renewal every minute and a CA rotation after ~4.5 minutes.
             timing: Timing {
                 clock: Arc::new(SystemClock),
-                serving_validity: Duration::from_secs(60),
-                ca_validity: Duration::from_secs(180),
+                serving_validity: Duration::from_secs(4 * 60),
+                ca_validity: Duration::from_secs(9 * 60),
                 step: Duration::from_secs(1),
-                deadline: Duration::from_secs(8 * 60),
+                deadline: Duration::from_secs(20 * 60),
             },
         }
     }
@@ -154,7 +159,10 @@ impl Harness {
     pub fn hold_injection(&self, hold: bool) -> bool {
         match &self.backend {
             Backend::Fake(fake) => {
-                fake.fail_writes_to("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", hold);
+                fake.fail_writes_to(
+                    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+                    hold,
+                );
                 true
             }
             Backend::Real(_) => false,
@@ -167,12 +175,22 @@ impl Harness {
         let client = self.client("test");
         if let Backend::Real(_) = self.backend {
             let namespaces: Api<Namespace> = Api::all(client.clone());
-            let namespace = serde_json::from_value(serde_json::json!({ "metadata": { "name": NAMESPACE } })).unwrap();
+            let namespace =
+                serde_json::from_value(serde_json::json!({ "metadata": { "name": NAMESPACE } }))
+                    .unwrap();
             let _ = namespaces.create(&PostParams::default(), &namespace).await;
             self.cleanup().await;
         }
-        create::<MutatingWebhookConfiguration>(Api::all(client.clone()), "mutatingwebhookconfiguration-keyhook.json").await;
-        create::<ValidatingWebhookConfiguration>(Api::all(client.clone()), "validatingwebhookconfiguration-keyhook.json").await;
+        create::<MutatingWebhookConfiguration>(
+            Api::all(client.clone()),
+            "mutatingwebhookconfiguration-keyhook.json",
+        )
+        .await;
+        create::<ValidatingWebhookConfiguration>(
+            Api::all(client.clone()),
+            "validatingwebhookconfiguration-keyhook.json",
+        )
+        .await;
         create::<CustomResourceDefinition>(Api::all(client), "crd-externalsecrets.json").await;
         self.writes.lock().unwrap().clear();
     }
@@ -181,11 +199,21 @@ impl Harness {
     pub async fn cleanup(&self) {
         let client = self.client("test");
         let dp = DeleteParams::default();
-        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone()).delete(MWC, &dp).await;
-        let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone()).delete(VWC, &dp).await;
-        let _ = Api::<CustomResourceDefinition>::all(client.clone()).delete(CRD, &dp).await;
-        let _ = Api::<Secret>::namespaced(client.clone(), NAMESPACE).delete(SECRET, &dp).await;
-        let _ = Api::<Lease>::namespaced(client, NAMESPACE).delete("keyhook", &dp).await;
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(MWC, &dp)
+            .await;
+        let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(VWC, &dp)
+            .await;
+        let _ = Api::<CustomResourceDefinition>::all(client.clone())
+            .delete(CRD, &dp)
+            .await;
+        let _ = Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+            .delete(SECRET, &dp)
+            .await;
+        let _ = Api::<Lease>::namespaced(client, NAMESPACE)
+            .delete("keyhook", &dp)
+            .await;
     }
 
     /// Starts a replica named `name`.
@@ -214,7 +242,8 @@ impl Harness {
             shutdown.clone(),
             background.clone(),
         );
-        let readiness = Readiness::new(serving.clone(), shutdown.clone()).with_check(tasks.readiness.clone());
+        let readiness =
+            Readiness::new(serving.clone(), shutdown.clone()).with_check(tasks.readiness.clone());
         Replica {
             name: name.into(),
             serving,
@@ -245,7 +274,11 @@ impl Harness {
             ManagedObject::from_validating(&get(Api::all(client.clone()), VWC).await),
             ManagedObject::from_crd(&get(Api::all(client), CRD).await),
         ];
-        Observed { secret, holder, objects }
+        Observed {
+            secret,
+            holder,
+            objects,
+        }
     }
 
     /// Sleeps one step of the schedule.
@@ -285,7 +318,11 @@ impl Harness {
         let name = service().apiserver_name();
         for replica in replicas {
             let report = replica.readiness.report(now);
-            assert!(report.ready, "{} is not ready: {:?}", replica.name, report.checks);
+            assert!(
+                report.ready,
+                "{} is not ready: {:?}",
+                replica.name, report.checks
+            );
             for object in &observed.objects {
                 for config in &object.client_configs {
                     let bundle = config.ca_bundle.as_deref().unwrap_or_else(|| {
@@ -312,19 +349,38 @@ where
 {
     let mut value = fixture(fixture_name);
     let metadata = value["metadata"].as_object_mut().unwrap();
-    for server_set in ["resourceVersion", "uid", "creationTimestamp", "managedFields", "generation"] {
+    for server_set in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+        "generation",
+    ] {
         metadata.remove(server_set);
     }
     value.as_object_mut().unwrap().remove("status");
     let object: K = serde_json::from_value(value).unwrap();
-    api.create(&PostParams::default(), &object).await.unwrap();
+    // A real apiserver may still be finishing the delete of a previous run's
+    // object (a CRD waits for its finalizer): retry while it exists.
+    for _ in 0..60 {
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("creating {fixture_name}: {e}"),
+        }
+    }
+    panic!("{fixture_name} still exists from a previous run after 60 s");
 }
 
 async fn get<K>(api: Api<K>, name: &str) -> K
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    api.get(name).await.unwrap_or_else(|e| panic!("reading {name}: {e}"))
+    api.get(name)
+        .await
+        .unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
 pub fn service() -> ServiceIdentity {
@@ -387,7 +443,9 @@ pub struct Replica {
 impl Replica {
     /// Whether it leads, by its own account.
     pub fn leads(&self) -> bool {
-        self.tasks.as_ref().is_some_and(|t| t.leadership.is_leader())
+        self.tasks
+            .as_ref()
+            .is_some_and(|t| t.leadership.is_leader())
     }
 
     /// Ends it at once, as SIGKILL would: nothing is released.
@@ -425,7 +483,11 @@ pub async fn two_replicas_only_the_holder_writes(h: &Harness) {
     let a = h.start("replica-a");
     let b = h.start("replica-b");
     let settled = h
-        .step_until("the Secret and every caBundle", async |_| {}, |o| o.injected())
+        .step_until(
+            "the Secret and every caBundle",
+            async |_| {},
+            |o| o.injected(),
+        )
         .await;
     // The watches need a moment to carry the writes to every replica.
     h.step().await;
@@ -435,15 +497,31 @@ pub async fn two_replicas_only_the_holder_writes(h: &Harness) {
     let holder = settled.holder.clone().expect("a holder");
     let (leader, follower) = if holder == a.name { (&a, &b) } else { (&b, &a) };
     assert!(leader.leads() && !follower.leads());
-    let writes: Vec<Write> = h.writes().into_iter().filter(|w| !w.path.contains("/leases")).collect();
+    let writes: Vec<Write> = h
+        .writes()
+        .into_iter()
+        .filter(|w| !w.path.contains("/leases"))
+        .collect();
     assert!(!writes.is_empty());
     for write in &writes {
-        assert_eq!(write.replica, holder, "{write:?} by a replica that does not hold the Lease");
+        assert_eq!(
+            write.replica, holder,
+            "{write:?} by a replica that does not hold the Lease"
+        );
     }
-    assert!(writes.iter().any(|w| w.path.ends_with("/secrets") && w.method == "POST"), "{writes:?}");
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.path.ends_with("/secrets") && w.method == "POST"),
+        "{writes:?}"
+    );
     for (replica, leads) in [(leader, 1), (follower, 0)] {
         let text = replica.metrics.encode().unwrap();
-        assert!(text.contains(&format!("keyhook_leader {leads}")), "{}: {text}", replica.name);
+        assert!(
+            text.contains(&format!("keyhook_leader {leads}")),
+            "{}: {text}",
+            replica.name
+        );
     }
 
     // Graceful stop of the holder: the other takes the released Lease at
@@ -477,7 +555,9 @@ pub async fn full_ca_overlap_cycle(h: &Harness) {
     h.seed().await;
     let a = h.start("replica-a");
     let b = h.start("replica-b");
-    let settled = h.step_until("the first certificates", async |_| {}, |o| o.injected()).await;
+    let settled = h
+        .step_until("the first certificates", async |_| {}, |o| o.injected())
+        .await;
     h.step().await;
     let first_ca = settled.cas();
     assert_eq!(first_ca.len(), 1);
@@ -502,10 +582,26 @@ pub async fn full_ca_overlap_cycle(h: &Harness) {
                     // but the held one; the serving cert must not switch yet.
                     let secret = o.secret.as_ref().unwrap();
                     assert_eq!(o.cas().len(), 2);
-                    let carrying = o.objects.iter().filter(|obj| obj.carries(&secret.bundle.ca_crt, &service())).count();
-                    assert_eq!(carrying, o.objects.len() - 1, "all but the held object carry the two-CA bundle");
-                    let leaf = keyhook::certs::Inspection::parse(&secret.bundle.tls_crt, &secret.bundle.ca_crt).unwrap();
-                    assert!(leaf.trusted_by(&first_ca[0], h.timing.clock.unix_now()).is_ok(), "still signed by the old CA");
+                    let carrying = o
+                        .objects
+                        .iter()
+                        .filter(|obj| obj.carries(&secret.bundle.ca_crt, &service()))
+                        .count();
+                    assert_eq!(
+                        carrying,
+                        o.objects.len() - 1,
+                        "all but the held object carry the two-CA bundle"
+                    );
+                    let leaf = keyhook::certs::Inspection::parse(
+                        &secret.bundle.tls_crt,
+                        &secret.bundle.ca_crt,
+                    )
+                    .unwrap();
+                    assert!(
+                        leaf.trusted_by(&first_ca[0], h.timing.clock.unix_now())
+                            .is_ok(),
+                        "still signed by the old CA"
+                    );
                     held_steps += 1;
                     if held_steps == 3 {
                         held = h.hold_injection(false);
@@ -513,22 +609,34 @@ pub async fn full_ca_overlap_cycle(h: &Harness) {
                 }
                 h.assert_trusted_everywhere(&[&a, &b], o).await;
             },
-            |o| o.phase() == Some(RotationPhase::Stable) && o.cas().len() == 1 && o.cas() != first_ca,
+            |o| {
+                o.phase() == Some(RotationPhase::Stable)
+                    && o.cas().len() == 1
+                    && o.cas() != first_ca
+            },
         )
         .await;
     if h.hold_injection(false) {
-        assert!(phases.contains(&RotationPhase::NewCaPublished), "{phases:?}");
+        assert!(
+            phases.contains(&RotationPhase::NewCaPublished),
+            "{phases:?}"
+        );
         assert_eq!(held_steps, 3);
     }
     assert!(phases.ends_with(&[RotationPhase::Stable]), "{phases:?}");
     assert!(
-        phases.iter().any(|p| matches!(p, RotationPhase::ServingSwitched { .. })),
+        phases
+            .iter()
+            .any(|p| matches!(p, RotationPhase::ServingSwitched { .. })),
         "{phases:?}"
     );
     assert!(done.injected());
     let leader = if a.leads() { &a } else { &b };
     let text = leader.metrics.encode().unwrap();
-    assert!(text.contains(r#"keyhook_cert_rotations_total{cert="ca"} 2"#), "the first CA and its successor: {text}");
+    assert!(
+        text.contains(r#"keyhook_cert_rotations_total{cert="ca"} 2"#),
+        "the first CA and its successor: {text}"
+    );
 }
 
 /// The leader dies (SIGKILL, no release) in the middle of a CA rotation;
@@ -541,12 +649,17 @@ pub async fn leader_killed_mid_rotation(h: &Harness, kill_in_step_1: bool) {
     h.seed().await;
     let mut a = h.start("replica-a");
     let mut b = h.start("replica-b");
-    let settled = h.step_until("the first certificates", async |_| {}, |o| o.injected()).await;
+    let settled = h
+        .step_until("the first certificates", async |_| {}, |o| o.injected())
+        .await;
     let first_ca = settled.cas();
 
     // Hold injection (where the backend can) so that step 1 lasts.
     if kill_in_step_1 {
-        assert!(h.hold_injection(true), "this backend cannot hold a rotation in step 1");
+        assert!(
+            h.hold_injection(true),
+            "this backend cannot hold a rotation in step 1"
+        );
     }
     h.step_until(
         "the leader to be mid-rotation",
@@ -562,7 +675,11 @@ pub async fn leader_killed_mid_rotation(h: &Harness, kill_in_step_1: bool) {
     let new_ca = at_kill.cas().last().cloned().expect("a new CA");
     assert_ne!(Some(&new_ca), first_ca.first());
     let holder = at_kill.holder.clone().unwrap();
-    let (dead, survivor) = if holder == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (dead, survivor) = if holder == a.name {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     dead.kill();
     let dead_name = dead.name.clone();
     let writes_before = h.writes().len();
@@ -575,12 +692,21 @@ pub async fn leader_killed_mid_rotation(h: &Harness, kill_in_step_1: bool) {
             |o| o.phase() == Some(RotationPhase::Stable) && o.cas().len() == 1,
         )
         .await;
-    assert_eq!(done.cas(), [new_ca], "the survivor finished with the CA the dead leader generated");
+    assert_eq!(
+        done.cas(),
+        [new_ca],
+        "the survivor finished with the CA the dead leader generated"
+    );
     assert_eq!(done.holder.as_deref(), Some(survivor.name.as_str()));
     let after: Vec<Write> = h.writes()[writes_before..].to_vec();
-    assert!(after.iter().all(|w| w.replica != dead_name), "a dead replica wrote: {after:?}");
     assert!(
-        after.iter().any(|w| w.replica == survivor.name && w.path.contains("/secrets/")),
+        after.iter().all(|w| w.replica != dead_name),
+        "a dead replica wrote: {after:?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|w| w.replica == survivor.name && w.path.contains("/secrets/")),
         "the survivor never wrote the Secret: {after:?}"
     );
 }
