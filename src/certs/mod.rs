@@ -9,6 +9,7 @@
 mod check;
 pub mod controller;
 mod dir;
+pub mod doctor;
 pub mod external;
 mod generate;
 pub mod inject;
