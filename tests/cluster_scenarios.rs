@@ -45,3 +45,11 @@ async fn a_leader_killed_in_step_2_is_succeeded_from_the_secret() {
     ))
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_overwritten_bundle_is_re_injected_within_seconds() {
+    within_a_day(scenarios::an_overwritten_bundle_is_re_injected(
+        &Harness::fake(),
+    ))
+    .await;
+}

@@ -85,7 +85,13 @@ impl CertController {
     /// Runs rounds until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
-            let wait = match self.round().await {
+            // A round in flight when leadership ends is dropped rather than
+            // finished: a former leader must not write after its successor.
+            let round = tokio::select! {
+                () = stop.cancelled() => return,
+                round = self.round() => round,
+            };
+            let wait = match round {
                 Ok(Round::Wrote) => continue,
                 Ok(Round::Wait(wait)) => wait,
                 Err(e) => {

@@ -111,3 +111,91 @@ pub fn spawn_reporter(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        certs::inject::{ClientConfig, ObjectRef},
+        metrics::InjectionKind,
+    };
+
+    fn object(name: &str, annotations: &[(&str, &str)]) -> ManagedObject {
+        ManagedObject {
+            reference: ObjectRef {
+                kind: InjectionKind::Mutating,
+                name: name.into(),
+            },
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            client_configs: vec![ClientConfig {
+                webhook: Some("pods.keyhook.io".into()),
+                ca_bundle: None,
+                service: Some(("keyhook".into(), "keyhook".into())),
+                uses_url: false,
+            }],
+        }
+    }
+
+    fn snapshot(objects: Vec<ManagedObject>) -> ManagedSnapshot {
+        ManagedSnapshot {
+            synced: vec![
+                InjectionKind::Mutating,
+                InjectionKind::Validating,
+                InjectionKind::Crd,
+            ],
+            objects: objects
+                .into_iter()
+                .map(|o| (o.reference.clone(), o))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn openshift_needs_the_inject_cabundle_annotation_set_to_true() {
+        let found = missing_annotations(
+            Injector::OpenShift,
+            &snapshot(vec![
+                object("annotated", &[(OPENSHIFT_INJECT_ANNOTATION, "true")]),
+                object("disabled", &[(OPENSHIFT_INJECT_ANNOTATION, "false")]),
+                object("bare", &[]),
+            ]),
+        );
+        assert_eq!(
+            found,
+            [
+                "MutatingWebhookConfiguration/bare lacks the annotation service.beta.openshift.io/inject-cabundle: \"true\"; nothing will inject its caBundle",
+                "MutatingWebhookConfiguration/disabled lacks the annotation service.beta.openshift.io/inject-cabundle: \"true\"; nothing will inject its caBundle",
+            ]
+        );
+    }
+
+    #[test]
+    fn cert_manager_accepts_either_injection_annotation() {
+        let found = missing_annotations(
+            Injector::CertManager,
+            &snapshot(vec![
+                object(
+                    "from-cert",
+                    &[("cert-manager.io/inject-ca-from", "keyhook/keyhook")],
+                ),
+                object(
+                    "from-secret",
+                    &[(
+                        "cert-manager.io/inject-ca-from-secret",
+                        "keyhook/keyhook-tls",
+                    )],
+                ),
+                object("bare", &[]),
+            ]),
+        );
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with(
+            "MutatingWebhookConfiguration/bare lacks the annotation cert-manager.io/inject-ca-from"
+        ));
+    }
+}

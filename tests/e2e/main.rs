@@ -60,3 +60,8 @@ async fn a_leader_killed_mid_rotation_is_succeeded_from_the_secret() {
     // which lasts minutes.
     run(|h| scenarios::leader_killed_mid_rotation(h, false)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwritten_bundle_is_re_injected_within_seconds() {
+    run(scenarios::an_overwritten_bundle_is_re_injected).await;
+}

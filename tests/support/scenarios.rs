@@ -69,7 +69,7 @@ pub struct Timing {
 
 enum Backend {
     Fake(FakeApiServer),
-    Real(kube::Config),
+    Real(Box<kube::Config>),
 }
 
 /// A cluster to run replicas against, recording every write.
@@ -104,7 +104,7 @@ impl Harness {
             .await
             .expect("a usable kubeconfig");
         Self {
-            backend: Backend::Real(config),
+            backend: Backend::Real(Box::new(config)),
             writes: Arc::default(),
             // Certificates start 5 minutes in the past (for nodes whose
             // clock lags), so a renewal "when a third of the life is left"
@@ -141,7 +141,7 @@ impl Harness {
                     .with_layer(&tower::util::MapRequestLayer::new(record))
                     .build()
             }
-            Backend::Real(config) => kube::client::ClientBuilder::try_from(config.clone())
+            Backend::Real(config) => kube::client::ClientBuilder::try_from(config.as_ref().clone())
                 .expect("a client for the kubeconfig")
                 .with_layer(&tower::util::MapRequestLayer::new(record))
                 .build(),
@@ -708,5 +708,52 @@ pub async fn leader_killed_mid_rotation(h: &Harness, kill_in_step_1: bool) {
             .iter()
             .any(|w| w.replica == survivor.name && w.path.contains("/secrets/")),
         "the survivor never wrote the Secret: {after:?}"
+    );
+}
+
+/// Someone (a `helm upgrade`) overwrites an injected caBundle; the leader
+/// notices through its watch and puts the right bundle back within seconds.
+pub async fn an_overwritten_bundle_is_re_injected(h: &Harness) {
+    h.seed().await;
+    let a = h.start("replica-a");
+    let b = h.start("replica-b");
+    h.step_until("the first certificates", async |_| {}, |o| o.injected())
+        .await;
+    h.step().await;
+
+    let helm: Api<MutatingWebhookConfiguration> = Api::all(h.client("helm"));
+    let mut mwc = helm.get(MWC).await.unwrap();
+    let stranger = keyhook::certs::CertificateAuthority::generate(h.timing.clock.now()).unwrap();
+    for hook in mwc.webhooks.iter_mut().flatten() {
+        hook.client_config.ca_bundle = Some(k8s_openapi::ByteString(
+            stranger.cert_pem().as_bytes().to_vec(),
+        ));
+    }
+    helm.replace(MWC, &PostParams::default(), &mwc)
+        .await
+        .unwrap();
+    let overwritten_at = h.timing.clock.now();
+    loop {
+        let observed = h.observe().await;
+        if observed.injected() {
+            h.assert_trusted_everywhere(&[&a, &b], &observed).await;
+            break;
+        }
+        assert!(
+            h.timing.clock.now() - overwritten_at < time::Duration::seconds(10),
+            "the overwritten caBundle was not re-injected within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rewrites: Vec<Write> = h
+        .writes()
+        .into_iter()
+        .filter(|w| {
+            w.path.ends_with("/mutatingwebhookconfigurations/keyhook") && w.replica != "helm"
+        })
+        .collect();
+    assert!(
+        !rewrites.is_empty() && rewrites.iter().all(|w| w.method == "PATCH"),
+        "{rewrites:?}"
     );
 }
