@@ -53,3 +53,8 @@ async fn an_overwritten_bundle_is_re_injected_within_seconds() {
     ))
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn openshift_mode_only_reads_reloads_and_reports() {
+    within_a_day(scenarios::openshift_mode_only_reads(&Harness::fake())).await;
+}

@@ -65,3 +65,8 @@ async fn a_leader_killed_mid_rotation_is_succeeded_from_the_secret() {
 async fn an_overwritten_bundle_is_re_injected_within_seconds() {
     run(scenarios::an_overwritten_bundle_is_re_injected).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openshift_mode_only_reads_reloads_and_reports() {
+    run(scenarios::openshift_mode_only_reads).await;
+}

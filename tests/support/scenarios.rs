@@ -216,14 +216,19 @@ impl Harness {
             .await;
     }
 
-    /// Starts a replica named `name`.
+    /// Starts a self-managed replica named `name`.
     pub fn start(&self, name: &str) -> Replica {
+        self.start_in(name, CertMode::SelfManaged)
+    }
+
+    /// Starts a replica named `name` in `mode`.
+    pub fn start_in(&self, name: &str, mode: CertMode) -> Replica {
         let metrics = Metrics::new();
         let serving = Arc::new(ServingCert::new(service(), metrics.certs.clone()));
         let shutdown = CancellationToken::new();
         let background = CancellationToken::new();
         let settings = ClusterSettings {
-            mode: CertMode::SelfManaged,
+            mode,
             service: service(),
             secret: SECRET.into(),
             lease: Some(LeaseSettings::new(NAMESPACE, name)),
@@ -278,6 +283,29 @@ impl Harness {
             secret,
             holder,
             objects,
+        }
+    }
+
+    /// Steps until `replica`'s `/readyz` report is `ready`; returns it.
+    pub async fn until_ready(
+        &self,
+        replica: &Replica,
+        ready: bool,
+    ) -> keyhook::health::ReadinessReport {
+        let start = self.timing.clock.now();
+        loop {
+            let report = replica.readiness.report(self.timing.clock.unix_now());
+            if report.ready == ready {
+                return report;
+            }
+            assert!(
+                self.timing.clock.now() - start < self.timing.deadline,
+                "{} never became {}: {:?}",
+                replica.name,
+                if ready { "ready" } else { "unready" },
+                report.checks
+            );
+            self.step().await;
         }
     }
 
@@ -756,4 +784,128 @@ pub async fn an_overwritten_bundle_is_re_injected(h: &Harness) {
         !rewrites.is_empty() && rewrites.iter().all(|w| w.method == "PATCH"),
         "{rewrites:?}"
     );
+}
+
+/// `--cert-mode openshift`: the service-ca operator (played by the test)
+/// issues the certificate into the mounted directory and injects its CA.
+/// keyhook reads, hot-reloads and judges readiness against what is
+/// injected, naming an object whose bundle does not trust it; it writes
+/// nothing but its Lease.
+pub async fn openshift_mode_only_reads(h: &Harness) {
+    use keyhook::certs::{self, CertificateAuthority, PemBundle};
+
+    h.seed().await;
+    let operator = h.client("service-ca-operator");
+    let dir = tempfile::tempdir().unwrap();
+    let sans = service().san_list(&[], false);
+    let issue = |ca: &CertificateAuthority, bundle: String| {
+        let (tls_crt, tls_key) = ca
+            .issue_serving(&sans, Duration::from_secs(24 * 3600), h.timing.clock.now())
+            .unwrap();
+        certs::write_bundle(
+            dir.path(),
+            &PemBundle {
+                tls_crt,
+                tls_key,
+                ca_crt: bundle,
+                ca_key: None,
+            },
+        )
+        .unwrap();
+    };
+    let inject = async |bundle: &str| {
+        let pem = bundle.as_bytes().to_vec();
+        let api: Api<MutatingWebhookConfiguration> = Api::all(operator.clone());
+        let mut o = api.get(MWC).await.unwrap();
+        for hook in o.webhooks.iter_mut().flatten() {
+            hook.client_config.ca_bundle = Some(k8s_openapi::ByteString(pem.clone()));
+        }
+        o.metadata.annotations.get_or_insert_default().insert(
+            "service.beta.openshift.io/inject-cabundle".into(),
+            "true".into(),
+        );
+        api.replace(MWC, &PostParams::default(), &o).await.unwrap();
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(operator.clone());
+        let mut o = api.get(VWC).await.unwrap();
+        for hook in o.webhooks.iter_mut().flatten() {
+            hook.client_config.ca_bundle = Some(k8s_openapi::ByteString(pem.clone()));
+        }
+        o.metadata.annotations.get_or_insert_default().insert(
+            "service.beta.openshift.io/inject-cabundle".into(),
+            "true".into(),
+        );
+        api.replace(VWC, &PostParams::default(), &o).await.unwrap();
+        let api: Api<CustomResourceDefinition> = Api::all(operator.clone());
+        let mut o = api.get(CRD).await.unwrap();
+        if let Some(config) = o
+            .spec
+            .conversion
+            .as_mut()
+            .and_then(|c| c.webhook.as_mut())
+            .and_then(|w| w.client_config.as_mut())
+        {
+            config.ca_bundle = Some(k8s_openapi::ByteString(pem.clone()));
+        }
+        o.metadata.annotations.get_or_insert_default().insert(
+            "service.beta.openshift.io/inject-cabundle".into(),
+            "true".into(),
+        );
+        api.replace(CRD, &PostParams::default(), &o).await.unwrap();
+    };
+
+    let first = CertificateAuthority::generate(h.timing.clock.now()).unwrap();
+    issue(&first, first.cert_pem().to_string());
+    inject(first.cert_pem()).await;
+    let replica = h.start_in("replica-a", CertMode::Openshift);
+    certs::reload_from_dir(dir.path(), &replica.serving, h.timing.clock.unix_now()).unwrap();
+    h.until_ready(&replica, true).await;
+    let observed = h.observe().await;
+    h.assert_trusted_everywhere(&[&replica], &observed).await;
+
+    // The operator rotates: both CAs injected, then a certificate of the new one.
+    let second = CertificateAuthority::generate(h.timing.clock.now()).unwrap();
+    let both = format!("{}{}", first.cert_pem(), second.cert_pem());
+    inject(&both).await;
+    issue(&second, both.clone());
+    assert!(
+        certs::reload_from_dir(dir.path(), &replica.serving, h.timing.clock.unix_now()).unwrap(),
+        "hot-reloaded"
+    );
+    h.until_ready(&replica, true).await;
+    let observed = h.observe().await;
+    h.assert_trusted_everywhere(&[&replica], &observed).await;
+
+    // Someone injects only the old CA into the CRD: readiness names it.
+    let crds: Api<CustomResourceDefinition> = Api::all(operator.clone());
+    let mut crd = crds.get(CRD).await.unwrap();
+    if let Some(config) = crd
+        .spec
+        .conversion
+        .as_mut()
+        .and_then(|c| c.webhook.as_mut())
+        .and_then(|w| w.client_config.as_mut())
+    {
+        config.ca_bundle = Some(k8s_openapi::ByteString(
+            first.cert_pem().as_bytes().to_vec(),
+        ));
+    }
+    crds.replace(CRD, &PostParams::default(), &crd)
+        .await
+        .unwrap();
+    let report = h.until_ready(&replica, false).await;
+    let failing: Vec<&keyhook::certs::Check> = report.checks.iter().filter(|c| !c.ok).collect();
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert!(
+        failing[0].detail.starts_with("CustomResourceDefinition/externalsecrets.external-secrets.io conversion webhook: caBundle does not trust the served certificate"),
+        "{}",
+        failing[0].detail
+    );
+
+    let own: Vec<Write> = h
+        .writes()
+        .into_iter()
+        .filter(|w| w.replica == "replica-a" && !w.path.contains("/leases"))
+        .collect();
+    assert!(own.is_empty(), "keyhook wrote in openshift mode: {own:?}");
+    assert!(h.observe().await.secret.is_none(), "no Secret is generated");
 }
