@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` and `/livez` (the process answers),
 //! `/readyz` (the served certificate is loaded, valid, trusted and covers the
-//! service, and keyhook is not shutting down) and `/metrics`.
+//! service, in a cluster the caBundle injected in every managed object
+//! trusts it, and keyhook is not shutting down) and `/metrics`.
 //!
 //! It is plain HTTP on its own port, so that no probe shares the webhooks'
 //! TLS listener and no business route is reachable from it.

@@ -379,10 +379,12 @@ impl LeaderElector {
     }
 
     fn micro_now(&self) -> MicroTime {
-        let seconds = self.clock.unix_now();
-        // Any i64 second count this clock produces lies in jiff's range
-        // (years -9999..=9999); fall back to the epoch rather than panic.
-        MicroTime(Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH))
+        // Microseconds, as the apiserver keeps them: other candidates see a
+        // renewal as a change of renewTime.
+        let micros = i64::try_from(self.clock.now().unix_timestamp_nanos() / 1000).unwrap_or(0);
+        // Wall-clock times lie in jiff's range (years -9999..=9999); fall
+        // back to the epoch rather than panic.
+        MicroTime(Timestamp::from_microsecond(micros).unwrap_or(Timestamp::UNIX_EPOCH))
     }
 
     fn api_error(&self, action: &'static str, source: kube::Error) -> Error {
