@@ -35,6 +35,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub certs: CertArgs,
 
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
     /// Largest request body accepted (e.g. `8MiB`); larger bodies get HTTP 413.
     #[arg(long, env = "KEYHOOK_MAX_BODY", default_value = "8MiB", value_name = "SIZE", value_parser = parse_byte_size)]
     pub max_body: usize,
@@ -70,6 +73,50 @@ pub struct CertArgs {
     /// Lifetime of a generated serving certificate (e.g. `8760h`).
     #[arg(long, env = "KEYHOOK_CERT_VALIDITY", default_value = "8760h", value_name = "DURATION", value_parser = parse_cert_validity)]
     pub cert_validity: Duration,
+}
+
+/// Who issues the serving certificate when keyhook runs in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CertMode {
+    /// keyhook is its own CA: the leader keeps CA and serving certificate in
+    /// `--cert-secret` and injects the caBundle; every replica serves from
+    /// the Secret.
+    SelfManaged,
+    /// OpenShift's service-ca operator issues the certificate (mounted in
+    /// `--cert-dir`) and injects the bundle.
+    Openshift,
+    /// cert-manager or the user provides the certificate in `--cert-dir`
+    /// and injects the bundle.
+    External,
+}
+
+/// Settings that only matter in a cluster.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Who issues the serving certificate in a cluster (standalone runs are always self-signed in --cert-dir).
+    #[arg(
+        long,
+        env = "KEYHOOK_CERT_MODE",
+        default_value = "self-managed",
+        value_name = "MODE"
+    )]
+    pub cert_mode: CertMode,
+
+    /// Secret in --service-namespace holding the CA and serving certificate (self-managed mode).
+    #[arg(long, env = "KEYHOOK_CERT_SECRET", default_value = "keyhook-tls", value_name = "NAME", value_parser = parse_dns_name)]
+    pub cert_secret: String,
+
+    /// Elect a leader through the Lease `keyhook` in --service-namespace; `--leader-elect=false` for a single replica.
+    #[arg(
+        long,
+        env = "KEYHOOK_LEADER_ELECT",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub leader_elect: bool,
 }
 
 /// The Service the apiserver dials, which decides the names a serving

@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` and `/livez` (the process answers),
 //! `/readyz` (the served certificate is loaded, valid, trusted and covers the
-//! service, and keyhook is not shutting down) and `/metrics`.
+//! service, in a cluster the caBundle injected in every managed object
+//! trusts it, and keyhook is not shutting down) and `/metrics`.
 //!
 //! It is plain HTTP on its own port, so that no probe shares the webhooks'
 //! TLS listener and no business route is reachable from it.
@@ -22,11 +23,19 @@ use crate::{
     metrics::Metrics,
 };
 
+/// A source of readiness checks beyond the served certificate's own, such
+/// as the trust of the caBundle injected in the cluster.
+pub trait ReadinessCheck: std::fmt::Debug + Send + Sync {
+    /// The checks at `now` (Unix seconds).
+    fn checks(&self, now: i64) -> Vec<Check>;
+}
+
 /// What `/readyz` looks at.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     serving: Arc<ServingCert>,
     shutdown: CancellationToken,
+    extra: Vec<Arc<dyn ReadinessCheck>>,
 }
 
 /// The body of `/readyz`.
@@ -42,7 +51,17 @@ impl Readiness {
     /// Readiness of a server presenting `serving`, which turns false as soon
     /// as `shutdown` is cancelled.
     pub fn new(serving: Arc<ServingCert>, shutdown: CancellationToken) -> Self {
-        Self { serving, shutdown }
+        Self {
+            serving,
+            shutdown,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds more checks that must pass.
+    pub fn with_check(mut self, check: Arc<dyn ReadinessCheck>) -> Self {
+        self.extra.push(check);
+        self
     }
 
     /// Evaluates every check at `now` (Unix seconds).
@@ -61,6 +80,7 @@ impl Readiness {
             }
         }];
         checks.extend(self.serving.checks(now));
+        checks.extend(self.extra.iter().flat_map(|c| c.checks(now)));
         ReadinessReport {
             ready: checks.iter().all(|c| c.ok),
             checks,

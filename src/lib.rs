@@ -9,7 +9,9 @@
 pub mod admission;
 pub mod apis;
 pub mod certs;
+pub mod clock;
 pub mod config;
 pub mod health;
+pub mod leader;
 pub mod metrics;
 pub mod server;

@@ -28,6 +28,17 @@ enum Command {
     /// Generate or inspect certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Check, against the current kubeconfig, that the apiserver can call every keyhook webhook; exits 1 on any finding.
+    Doctor {
+        /// The cluster's DNS domain, to check the SANs of served certificates.
+        #[arg(
+            long,
+            env = "KEYHOOK_CLUSTER_DOMAIN",
+            default_value = "cluster.local",
+            value_name = "DOMAIN"
+        )]
+        cluster_domain: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +74,7 @@ fn main() -> ExitCode {
             generate(&certs)
         }
         Command::Certs(CertsCommand::Inspect { cert_dir, service }) => inspect(&cert_dir, &service),
+        Command::Doctor { cluster_domain } => doctor(&cluster_domain),
     };
     match result {
         Ok(code) => code,
@@ -212,6 +224,35 @@ fn inspect(dir: &Path, service: &ServiceArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn doctor(cluster_domain: &str) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let lines = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting with the current kubeconfig")?;
+        let gathered = certs::doctor::gather(&client).await?;
+        anyhow::Ok(certs::doctor::evaluate(
+            &gathered,
+            cluster_domain,
+            OffsetDateTime::now_utc().unix_timestamp(),
+        ))
+    })?;
+    for line in &lines {
+        println!("{line}");
+    }
+    let findings = lines
+        .iter()
+        .filter(|l| matches!(l, certs::doctor::Line::Finding { .. }))
+        .count();
+    if findings == 0 {
+        println!("\nno findings: the apiserver can call every keyhook webhook");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\n{findings} finding(s); fix them as shown above");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn remaining(seconds: i64) -> String {

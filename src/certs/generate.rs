@@ -35,6 +35,11 @@ impl std::fmt::Debug for CertificateAuthority {
 impl CertificateAuthority {
     /// Generates a new CA valid from `now` for [`CA_VALIDITY`].
     pub fn generate(now: OffsetDateTime) -> Result<Self, Error> {
+        Self::generate_valid_for(now, CA_VALIDITY)
+    }
+
+    /// Generates a new CA valid from `now` for `validity`.
+    pub fn generate_valid_for(now: OffsetDateTime, validity: Duration) -> Result<Self, Error> {
         let gen_err = |source| Error::Generate {
             what: "CA certificate",
             source,
@@ -57,7 +62,7 @@ impl CertificateAuthority {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.not_before = now - BACKDATE;
-        params.not_after = now + CA_VALIDITY;
+        params.not_after = now + validity;
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let key_pem = PrivateKeyPem::new(key.serialize_pem());
         Ok(Self {

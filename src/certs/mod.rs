@@ -7,9 +7,16 @@
 //! that fails the checks never replaces a good certificate.
 
 mod check;
+pub mod controller;
 mod dir;
+pub mod doctor;
+pub mod external;
 mod generate;
+pub mod inject;
 mod resolver;
+pub mod rotation;
+pub mod store;
+pub mod trust;
 mod verify;
 mod watch;
 

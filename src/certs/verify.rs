@@ -39,11 +39,16 @@ impl TrustRoots {
     /// Whether a client trusting these roots accepts `served` when it dials
     /// `name`, at the current time.
     pub fn verify(&self, served: &Inspection, name: &str) -> Result<(), String> {
+        self.verify_at(served, name, UnixTime::now())
+    }
+
+    /// Like [`TrustRoots::verify`], at `now` instead of the current time.
+    pub fn verify_at(&self, served: &Inspection, name: &str, now: UnixTime) -> Result<(), String> {
         let server_name = ServerName::try_from(name)
             .map_err(|e| format!("`{name}` is not a server name: {e}"))?;
         let (leaf, intermediates) = served.chain();
         self.0
-            .verify_server_cert(leaf, intermediates, &server_name, &[], UnixTime::now())
+            .verify_server_cert(leaf, intermediates, &server_name, &[], now)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

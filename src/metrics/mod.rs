@@ -26,6 +26,8 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// TLS handshakes and certificates.
     pub certs: CertMetrics,
+    /// Certificates in the cluster: leadership, rotations, caBundle writes.
+    pub cluster: ClusterMetrics,
 }
 
 impl Metrics {
@@ -34,10 +36,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("keyhook");
         let http = HttpMetrics::register(&mut registry);
         let certs = CertMetrics::register(&mut registry);
+        let cluster = ClusterMetrics::register(&mut registry);
         Self {
             registry,
             http,
             certs,
+            cluster,
         }
     }
 
@@ -197,6 +201,98 @@ impl CertMetrics {
     }
 }
 
+/// Which kind of object a caBundle was written into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InjectionKind {
+    /// A `MutatingWebhookConfiguration`.
+    Mutating,
+    /// A `ValidatingWebhookConfiguration`.
+    Validating,
+    /// A `CustomResourceDefinition`'s conversion webhook.
+    Crd,
+}
+
+/// The outcome of one caBundle write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InjectionResult {
+    /// The apiserver accepted the apply.
+    Applied,
+    /// The apiserver refused it, or could not be reached.
+    Failed,
+}
+
+label_values!(InjectionKind {
+    Mutating => "MutatingWebhookConfiguration",
+    Validating => "ValidatingWebhookConfiguration",
+    Crd => "CustomResourceDefinition",
+});
+label_values!(InjectionResult { Applied => "applied", Failed => "failed" });
+
+/// Labels of a caBundle write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct InjectionLabels {
+    /// The kind of the object written.
+    pub kind: InjectionKind,
+    /// What happened.
+    pub result: InjectionResult,
+}
+
+/// Certificates in the cluster: leadership, rotations and caBundle writes.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// `keyhook_leader`: 1 on the replica holding the Lease, else 0.
+    pub leader: Gauge,
+    /// `keyhook_cert_rotations_total{cert}`: certificates this leader issued.
+    pub rotations: Family<CertLabels, Counter>,
+    /// `keyhook_cabundle_injections_total{kind,result}`.
+    pub injections: Family<InjectionLabels, Counter>,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "Whether this replica holds the leader Lease and runs the controllers (1) or not (0)",
+            leader.clone(),
+        );
+        let rotations = Family::default();
+        registry.register(
+            "cert_rotations",
+            "Certificates issued by the leader (a new CA or a new serving certificate)",
+            rotations.clone(),
+        );
+        let injections = Family::default();
+        registry.register(
+            "cabundle_injections",
+            "caBundle writes into webhook configurations and CRDs, by kind and result",
+            injections.clone(),
+        );
+        Self {
+            leader,
+            rotations,
+            injections,
+        }
+    }
+
+    /// Sets `keyhook_leader`.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Counts one issued certificate.
+    pub fn record_rotation(&self, cert: CertKind) {
+        self.rotations.get_or_create(&CertLabels { cert }).inc();
+    }
+
+    /// Counts one caBundle write.
+    pub fn record_injection(&self, kind: InjectionKind, result: InjectionResult) {
+        self.injections
+            .get_or_create(&InjectionLabels { kind, result })
+            .inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +329,23 @@ mod tests {
             text.contains("keyhook_tls_handshake_failures_total 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn cluster_metrics_carry_bounded_labels() {
+        let metrics = Metrics::new();
+        metrics.cluster.set_leader(true);
+        metrics.cluster.record_rotation(CertKind::Ca);
+        metrics
+            .cluster
+            .record_injection(InjectionKind::Crd, InjectionResult::Applied);
+        let text = metrics.encode().unwrap();
+        for line in [
+            "keyhook_leader 1",
+            r#"keyhook_cert_rotations_total{cert="ca"} 1"#,
+            r#"keyhook_cabundle_injections_total{kind="CustomResourceDefinition",result="applied"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The server: certificates prepared, listeners bound, webhooks and admin
 //! endpoints served until shutdown, then drained.
 
+pub mod cluster;
 pub mod listener;
 pub mod routes;
 
@@ -12,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     certs::{self, Ensured, ServingCert, SubjectAltName},
-    config::ServeArgs,
+    clock::SystemClock,
+    config::{CertMode, ServeArgs},
     health::{self, Readiness},
     metrics::Metrics,
 };
@@ -45,6 +47,10 @@ pub enum Error {
     /// The admin listener failed.
     #[error("health listener: {0}")]
     Health(#[source] std::io::Error),
+    /// No Kubernetes client could be built from the kubeconfig or the pod's
+    /// service account.
+    #[error("connecting to the cluster: {0}")]
+    Kube(#[source] kube::Error),
 }
 
 /// Where keyhook runs, which decides who issues its certificates.
@@ -52,7 +58,8 @@ pub enum Error {
 pub enum Mode {
     /// No cluster: keyhook is its own CA and keeps the files in `--cert-dir`.
     Standalone,
-    /// In a pod or with a kubeconfig: certificates come from `--cert-dir`.
+    /// In a pod or with a kubeconfig: `--cert-mode` decides who issues the
+    /// certificate (the Secret `--cert-secret`, or `--cert-dir`).
     Cluster,
 }
 
@@ -78,6 +85,7 @@ pub struct Server {
     mode: Mode,
     metrics: Arc<Metrics>,
     serving: Arc<ServingCert>,
+    client: Option<kube::Client>,
     webhook: TcpListener,
     health: TcpListener,
 }
@@ -89,6 +97,7 @@ impl Server {
         let identity = args.certs.service.identity();
         let serving = Arc::new(ServingCert::new(identity, metrics.certs.clone()));
         let cert_dir = &args.certs.cert_dir;
+        let mut client = None;
         match mode {
             Mode::Standalone => {
                 let bundle = ensure_standalone_certs(&args)?;
@@ -96,11 +105,20 @@ impl Server {
                     .offer(bundle, OffsetDateTime::now_utc().unix_timestamp())
                     .map_err(refusal_to_error)?;
             }
-            Mode::Cluster => {
-                tracing::warn!(
-                    cert_dir = %cert_dir.display(),
-                    "a cluster is configured: serving the certificate mounted in --cert-dir (in-cluster certificate management is not built yet)"
+            Mode::Cluster if args.cluster.cert_mode == CertMode::SelfManaged => {
+                tracing::info!(
+                    secret = %args.cluster.cert_secret,
+                    "self-managed certificates: serving from the Secret once it is read"
                 );
+                client = Some(kube::Client::try_default().await.map_err(Error::Kube)?);
+            }
+            Mode::Cluster => {
+                tracing::info!(
+                    cert_dir = %cert_dir.display(),
+                    mode = ?args.cluster.cert_mode,
+                    "serving the certificate mounted in --cert-dir and checking the bundle injected for it"
+                );
+                client = Some(kube::Client::try_default().await.map_err(Error::Kube)?);
                 if let Err(e) = certs::reload_from_dir(
                     cert_dir,
                     &serving,
@@ -117,6 +135,7 @@ impl Server {
             mode,
             metrics,
             serving,
+            client,
             webhook,
             health,
         })
@@ -140,6 +159,7 @@ impl Server {
             mode,
             metrics,
             serving,
+            client,
             webhook,
             health,
         } = self;
@@ -150,18 +170,34 @@ impl Server {
         // Background tasks outlive the webhook drain: /readyz keeps
         // answering (false) until keyhook exits.
         let background = CancellationToken::new();
-        let watcher = certs::spawn_dir_watcher(
-            args.certs.cert_dir.clone(),
-            serving.clone(),
-            background.clone(),
-        );
+        let cluster = client.map(|client| {
+            cluster::ClusterTasks::start(
+                client,
+                cluster::ClusterSettings::from_args(&args),
+                serving.clone(),
+                &metrics,
+                Arc::new(SystemClock),
+                shutdown.clone(),
+                background.clone(),
+            )
+        });
+        // Self-managed replicas serve from the Secret, not from a volume.
+        let watcher =
+            (cluster.is_none() || args.cluster.cert_mode != CertMode::SelfManaged).then(|| {
+                certs::spawn_dir_watcher(
+                    args.certs.cert_dir.clone(),
+                    serving.clone(),
+                    background.clone(),
+                )
+            });
         let renewal = (mode == Mode::Standalone)
             .then(|| tokio::spawn(renew_standalone(args.clone(), background.clone())));
 
-        let admin = health::router(
-            Readiness::new(serving.clone(), shutdown.clone()),
-            metrics.clone(),
-        );
+        let mut readiness = Readiness::new(serving.clone(), shutdown.clone());
+        if let Some(cluster) = &cluster {
+            readiness = readiness.with_check(cluster.readiness.clone());
+        }
+        let admin = health::router(readiness, metrics.clone());
         let admin_stop = background.clone();
         let admin = tokio::spawn(async move {
             axum::serve(health, admin)
@@ -186,7 +222,12 @@ impl Server {
         .await;
 
         background.cancel();
-        let _ = watcher.await;
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
+        if let Some(cluster) = cluster {
+            cluster.join().await;
+        }
         if let Some(renewal) = renewal {
             let _ = renewal.await;
         }

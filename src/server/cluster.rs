@@ -1,0 +1,174 @@
+//! What a replica runs in a cluster besides the webhooks: the leader
+//! election, the watches every replica needs to serve and to judge its
+//! readiness, and (on the leader) the certificate controller.
+
+use std::sync::Arc;
+
+use kube::Client;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    certs::{
+        CA_VALIDITY, ServiceIdentity, ServingCert,
+        controller::CertController,
+        external,
+        inject::{self, Injector},
+        rotation::IssuePolicy,
+        store::SecretStore,
+        trust::InjectedTrust,
+    },
+    clock::Clock,
+    config::{CertMode, ServeArgs},
+    health::ReadinessCheck,
+    leader::{self, LeaderElector, Leadership, LeaseSettings},
+    metrics::Metrics,
+};
+
+/// What the cluster-side tasks need to know, from the flags or a test.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Who issues the certificate.
+    pub mode: CertMode,
+    /// The Service the apiserver dials.
+    pub service: ServiceIdentity,
+    /// The Secret holding the certificates (self-managed mode).
+    pub secret: String,
+    /// The Lease to campaign for; `None` when election is disabled.
+    pub lease: Option<LeaseSettings>,
+    /// What the leader issues (self-managed mode).
+    pub policy: IssuePolicy,
+}
+
+impl ClusterSettings {
+    /// The settings `keyhook serve` was given.
+    pub fn from_args(args: &ServeArgs) -> Self {
+        let service = args.certs.service.identity();
+        Self {
+            mode: args.cluster.cert_mode,
+            lease: args
+                .cluster
+                .leader_elect
+                .then(|| LeaseSettings::new(&service.namespace, leader::default_identity())),
+            secret: args.cluster.cert_secret.clone(),
+            policy: IssuePolicy {
+                sans: service.san_list(&args.certs.service.extra_sans, false),
+                serving_validity: args.certs.cert_validity,
+                ca_validity: CA_VALIDITY,
+            },
+            service,
+        }
+    }
+}
+
+/// The cluster-side tasks of one replica.
+pub struct ClusterTasks {
+    /// Whether this replica leads; later controllers run under it too.
+    pub leadership: Leadership,
+    /// The `/readyz` check against the injected caBundle.
+    pub readiness: Arc<dyn ReadinessCheck>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ClusterTasks {
+    /// Starts everything `settings.mode` needs. The election and
+    /// the leader-only controllers stop at `shutdown` (the Lease is released
+    /// then, so a successor takes over while this replica drains); the
+    /// watches that feed serving and readiness run until `background`.
+    pub fn start(
+        client: Client,
+        settings: ClusterSettings,
+        serving: Arc<ServingCert>,
+        metrics: &Metrics,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+        background: CancellationToken,
+    ) -> Self {
+        let ClusterSettings {
+            mode,
+            service: identity,
+            secret,
+            lease,
+            policy,
+        } = settings;
+        let mut tasks = Vec::new();
+
+        let leadership = if let Some(lease) = lease {
+            tracing::info!(identity = %lease.identity, lease = %lease.name, "campaigning for leadership");
+            let elector = LeaderElector::new(
+                client.clone(),
+                lease,
+                clock.clone(),
+                metrics.cluster.clone(),
+            );
+            let leadership = elector.leadership();
+            tasks.push(tokio::spawn(elector.run(shutdown.clone())));
+            leadership
+        } else {
+            metrics.cluster.set_leader(true);
+            Leadership::fixed(true)
+        };
+
+        let (managed, watches) = inject::watch_managed(client.clone(), background.clone());
+        tasks.extend(watches);
+        let readiness: Arc<dyn ReadinessCheck> =
+            Arc::new(InjectedTrust::new(serving.clone(), managed.clone()));
+
+        match mode {
+            CertMode::SelfManaged => {
+                let store = SecretStore::new(client.clone(), &identity.namespace, &secret);
+                let (secret_changes, follower) =
+                    store.follow(serving, clock.clone(), background.clone());
+                tasks.push(follower);
+                let controller = CertController::new(
+                    store,
+                    Injector::new(client, identity.clone(), metrics.cluster.clone()),
+                    managed,
+                    secret_changes,
+                    policy,
+                    identity,
+                    clock,
+                    metrics.cluster.clone(),
+                );
+                tasks.push(tokio::spawn(leader::run_while_leader(
+                    leadership.clone(),
+                    shutdown,
+                    "certificates",
+                    move |term| controller.clone().run(term),
+                )));
+            }
+            mode @ (CertMode::Openshift | CertMode::External) => {
+                let injector = if mode == CertMode::Openshift {
+                    external::Injector::OpenShift
+                } else {
+                    external::Injector::CertManager
+                };
+                tasks.push(external::spawn_reporter(
+                    injector, managed, serving, clock, background,
+                ));
+            }
+        }
+        Self {
+            leadership,
+            readiness,
+            tasks,
+        }
+    }
+
+    /// Stops every task at once without releasing the Lease: what a crash
+    /// or SIGKILL does to a replica.
+    pub fn abort(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Waits for every task to end (after both tokens are cancelled).
+    pub async fn join(self) {
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a cluster task failed");
+            }
+        }
+    }
+}
