@@ -260,9 +260,10 @@ impl FileCatalog {
             .watch(&directory, notify::RecursiveMode::NonRecursive)
             .map_err(|e| file_error(e.to_string()))?;
         let catalog = Arc::clone(self);
+        // Read before spawning: a change made before the task first runs must still count.
+        let mut last = read(&path).ok();
         Ok(tokio::spawn(async move {
             let _watcher = watcher;
-            let mut last = read(&path).ok();
             while rx.recv().await.is_some() {
                 // Let a burst of events for one write settle.
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;

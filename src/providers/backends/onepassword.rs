@@ -104,8 +104,10 @@ impl OnePasswordClient {
                 [vault] => client.vaults.push((name.clone(), vault.id.clone())),
                 [] => return Err(ctx.build_error(format!("vault `{name}` not found"))),
                 many => {
-                    return Err(ctx
-                        .build_error(format!("vault name `{name}` matches {} vaults", many.len())));
+                    return Err(ctx.build_error(format!(
+                        "vault name `{name}` matches {} vaults",
+                        many.len()
+                    )));
                 }
             }
         }
