@@ -89,7 +89,16 @@ async fn main() {
         )
         .await
         .expect("client");
+    // The same stack the vault client uses (reqwest over rustls/ring), without the layer.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
     let bare = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .tcp_nodelay(true)
         .build()
         .expect("reqwest");
