@@ -63,7 +63,7 @@ async fn fake_store_answers_by_key_version_and_property() {
     );
     let map = providers
         .get_secret_map(
-            &store,
+            store,
             "shop",
             &RemoteRef::key("/foo/baz").with_version("v1"),
             soon(),

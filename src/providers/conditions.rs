@@ -33,10 +33,10 @@ pub fn admits(
                 if condition.namespaces.iter().any(|n| n == namespace) {
                     return Ok(());
                 }
-                if let (Some(selector), Some(labels)) = (&condition.namespace_selector, labels) {
-                    if selector_matches(selector, labels) {
-                        return Ok(());
-                    }
+                if let (Some(selector), Some(labels)) = (&condition.namespace_selector, labels)
+                    && selector_matches(selector, labels)
+                {
+                    return Ok(());
                 }
                 // Patterns were compiled when the store was parsed; one that
                 // fails here cannot admit anything.

@@ -305,7 +305,7 @@ pub enum ProviderConfig {
     /// `spec.provider.kubernetes`.
     Kubernetes(KubernetesProvider),
     /// `spec.provider.vault`, or `spec.provider.openBao` (same API).
-    Vault(VaultProvider),
+    Vault(Box<VaultProvider>),
     /// `spec.provider.aws` (Secrets Manager).
     Aws(AwsProvider),
     /// `spec.provider.onepassword` (1Password Connect).
@@ -367,7 +367,7 @@ impl ProviderConfig {
                         "must not be empty".into(),
                     ));
                 }
-                ProviderConfig::Vault(vault)
+                ProviderConfig::Vault(Box::new(vault))
             }
             "aws" => {
                 let aws: AwsProvider = parse(name, block)?;

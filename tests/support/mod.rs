@@ -279,7 +279,7 @@ impl ConnectState {
         headers: &HeaderMap,
         path: String,
         filter: Option<String>,
-    ) -> Result<(), Response> {
+    ) -> Option<Response> {
         let authorization = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -300,12 +300,12 @@ impl ConnectState {
                 .or_default() += 1;
         }
         if authorization.as_deref() != Some(&format!("Bearer {}", self.token)) {
-            return Err(connect_error(
+            return Some(connect_error(
                 StatusCode::UNAUTHORIZED,
                 "Invalid token signature",
             ));
         }
-        Ok(())
+        None
     }
 
     async fn pause(&self) {
@@ -332,7 +332,7 @@ async fn list_vaults(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let filter = query.get("filter").cloned();
-    if let Err(denied) = state.record(&headers, "/v1/vaults".into(), filter.clone()) {
+    if let Some(denied) = state.record(&headers, "/v1/vaults".into(), filter.clone()) {
         return denied;
     }
     let name = filter.as_deref().and_then(|f| eq_filter(f, "name"));
@@ -350,7 +350,7 @@ async fn get_vault(
     headers: HeaderMap,
     Path(vault): Path<String>,
 ) -> Response {
-    if let Err(denied) = state.record(&headers, format!("/v1/vaults/{vault}"), None) {
+    if let Some(denied) = state.record(&headers, format!("/v1/vaults/{vault}"), None) {
         return denied;
     }
     match state.vaults.iter().find(|(id, _)| *id == vault) {
@@ -366,7 +366,7 @@ async fn list_items(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let filter = query.get("filter").cloned();
-    if let Err(denied) = state.record(
+    if let Some(denied) = state.record(
         &headers,
         format!("/v1/vaults/{vault}/items"),
         filter.clone(),
@@ -391,7 +391,7 @@ async fn get_item(
     headers: HeaderMap,
     Path((vault, item)): Path<(String, String)>,
 ) -> Response {
-    if let Err(denied) = state.record(&headers, format!("/v1/vaults/{vault}/items/{item}"), None) {
+    if let Some(denied) = state.record(&headers, format!("/v1/vaults/{vault}/items/{item}"), None) {
         return denied;
     }
     state.item_reads.fetch_add(1, Ordering::SeqCst);
