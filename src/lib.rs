@@ -14,4 +14,5 @@ pub mod config;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod providers;
 pub mod server;

@@ -5,6 +5,8 @@
 //! encodes. Label values are bounded sets: route templates, status codes,
 //! fixed enums — never a secret, never a name a client chooses.
 
+pub mod providers;
+
 use std::fmt;
 
 use prometheus_client::{

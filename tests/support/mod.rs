@@ -5,6 +5,7 @@
 //! chosen time.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod backends;
 pub mod fake_apiserver;
 pub mod scenarios;
 pub mod server;

@@ -1,0 +1,304 @@
+//! The backends, one submodule each, behind one trait shaped like upstream's
+//! `SecretsClient`: get one value, get a map, validate.
+//!
+//! A backend client is built from one [`Store`] and owns everything it uses
+//! (endpoint, token, vault list, HTTP connection pool). Nothing here is a
+//! singleton or shared between clients.
+
+pub mod aws;
+pub mod fake;
+mod http;
+pub mod kubernetes;
+pub mod onepassword;
+pub mod vault;
+
+use std::future::Future;
+
+use serde_json::Value;
+
+use super::catalog::StoreCatalog;
+use super::spec::{ProviderConfig, SecretKeySelector, Store};
+use super::{ProviderError, RemoteRef, SecretMap, SecretValue};
+
+/// How a backend call failed; the layer decides retries from the class and
+/// adds the store and key to the message. Messages never carry a value.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The key, version or property does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The credentials may not read it.
+    #[error("{0}")]
+    Denied(String),
+    /// The backend asked to slow down (HTTP 429, `ThrottlingException`).
+    #[error("{0}")]
+    Throttled(String),
+    /// A failure worth retrying (5xx, connection reset, timeout).
+    #[error("{0}")]
+    Transient(String),
+    /// Anything else; not retried.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    /// Whether a retry may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Throttled(_) | BackendError::Transient(_)
+        )
+    }
+
+    /// Classifies an HTTP status with the backend's own message.
+    pub fn from_status(status: u16, message: String) -> Self {
+        match status {
+            404 => BackendError::NotFound(message),
+            401 | 403 => BackendError::Denied(message),
+            429 => BackendError::Throttled(message),
+            500..=599 => BackendError::Transient(message),
+            _ => BackendError::Other(message),
+        }
+    }
+}
+
+/// The operations every backend offers.
+pub trait SecretsClient: Send + Sync {
+    /// One value: the key, or one property of it.
+    fn get_secret(
+        &self,
+        reference: &RemoteRef,
+    ) -> impl Future<Output = Result<SecretValue, BackendError>> + Send;
+    /// Every property of a key.
+    fn get_secret_map(
+        &self,
+        reference: &RemoteRef,
+    ) -> impl Future<Output = Result<SecretMap, BackendError>> + Send;
+    /// Checks that the store's configuration and credentials work.
+    fn validate(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// A built client for one store.
+#[derive(Debug)]
+pub enum Backend {
+    /// `fake`.
+    Fake(fake::FakeClient),
+    /// `kubernetes`.
+    Kubernetes(kubernetes::KubernetesClient),
+    /// `vault` / `openBao`.
+    Vault(vault::VaultClient),
+    /// `aws`.
+    Aws(aws::AwsClient),
+    /// `onepassword`.
+    OnePassword(onepassword::OnePasswordClient),
+}
+
+impl SecretsClient for Backend {
+    async fn get_secret(&self, reference: &RemoteRef) -> Result<SecretValue, BackendError> {
+        match self {
+            Backend::Fake(c) => c.get_secret(reference).await,
+            Backend::Kubernetes(c) => c.get_secret(reference).await,
+            Backend::Vault(c) => c.get_secret(reference).await,
+            Backend::Aws(c) => c.get_secret(reference).await,
+            Backend::OnePassword(c) => c.get_secret(reference).await,
+        }
+    }
+
+    async fn get_secret_map(&self, reference: &RemoteRef) -> Result<SecretMap, BackendError> {
+        match self {
+            Backend::Fake(c) => c.get_secret_map(reference).await,
+            Backend::Kubernetes(c) => c.get_secret_map(reference).await,
+            Backend::Vault(c) => c.get_secret_map(reference).await,
+            Backend::Aws(c) => c.get_secret_map(reference).await,
+            Backend::OnePassword(c) => c.get_secret_map(reference).await,
+        }
+    }
+
+    async fn validate(&self) -> Result<(), BackendError> {
+        match self {
+            Backend::Fake(c) => c.validate().await,
+            Backend::Kubernetes(c) => c.validate().await,
+            Backend::Vault(c) => c.validate().await,
+            Backend::Aws(c) => c.validate().await,
+            Backend::OnePassword(c) => c.validate().await,
+        }
+    }
+}
+
+/// What a backend needs to build its client: the store and a way to read
+/// the credentials it references.
+pub(crate) struct BuildContext<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) catalog: &'a dyn StoreCatalog,
+}
+
+impl BuildContext<'_> {
+    /// Reads the value a `secretRef` points at.
+    pub(crate) async fn secret_key(
+        &self,
+        selector: &SecretKeySelector,
+    ) -> Result<SecretValue, ProviderError> {
+        let namespace = self.credential_namespace(selector.namespace.as_deref(), &selector.name)?;
+        let reference = format!("{namespace}/{}[{}]", selector.name, selector.key);
+        let error = |reason: String| ProviderError::Credentials {
+            store: self.store.display_name(),
+            reference: reference.clone(),
+            reason,
+        };
+        let secret = self
+            .catalog
+            .read_secret(&namespace, &selector.name)
+            .await
+            .map_err(error)?;
+        secret
+            .data
+            .get(&selector.key)
+            .cloned()
+            .ok_or_else(|| error(format!("the Secret has no key `{}`", selector.key)))
+    }
+
+    /// A service account token for login-style auth.
+    pub(crate) async fn service_account_token(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        audiences: &[String],
+    ) -> Result<SecretValue, ProviderError> {
+        let namespace = self.credential_namespace(namespace, name)?;
+        self.catalog
+            .service_account_token(&namespace, name, audiences)
+            .await
+            .map_err(|reason| ProviderError::Credentials {
+                store: self.store.display_name(),
+                reference: format!("serviceaccount {namespace}/{name}"),
+                reason,
+            })
+    }
+
+    fn credential_namespace(
+        &self,
+        named: Option<&str>,
+        name: &str,
+    ) -> Result<String, ProviderError> {
+        self.store
+            .credential_namespace(named)
+            .map(str::to_string)
+            .ok_or_else(|| ProviderError::Credentials {
+                store: self.store.display_name(),
+                reference: name.to_string(),
+                reason: "a ClusterSecretStore's secretRef must name a namespace".into(),
+            })
+    }
+
+    pub(crate) fn build_error(&self, reason: impl Into<String>) -> ProviderError {
+        ProviderError::ClientBuild {
+            store: self.store.display_name(),
+            provider: self.store.provider.name(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Builds the client for a store.
+pub(crate) async fn build(ctx: &BuildContext<'_>) -> Result<Backend, ProviderError> {
+    Ok(match &ctx.store.provider {
+        ProviderConfig::Fake(config) => Backend::Fake(fake::FakeClient::new(config)),
+        ProviderConfig::Kubernetes(config) => {
+            Backend::Kubernetes(kubernetes::KubernetesClient::build(ctx, config).await?)
+        }
+        ProviderConfig::Vault(config) => {
+            Backend::Vault(vault::VaultClient::build(ctx, config).await?)
+        }
+        ProviderConfig::Aws(config) => Backend::Aws(aws::AwsClient::build(ctx, config).await?),
+        ProviderConfig::OnePassword(config) => {
+            Backend::OnePassword(onepassword::OnePasswordClient::build(ctx, config).await?)
+        }
+    })
+}
+
+/// The `(namespace, name)` of every Secret a store reads credentials from;
+/// their resourceVersions are part of the client key.
+pub(crate) fn credential_secrets(store: &Store) -> Vec<(String, String)> {
+    let mut refs: Vec<&SecretKeySelector> = Vec::new();
+    match &store.provider {
+        ProviderConfig::Fake(_) => {}
+        ProviderConfig::Kubernetes(k) => {
+            if let Some(auth) = &k.auth {
+                refs.extend(auth.token.as_ref().map(|t| &t.bearer_token));
+                refs.extend(
+                    auth.cert
+                        .iter()
+                        .flat_map(|c| [&c.client_cert, &c.client_key]),
+                );
+            }
+        }
+        ProviderConfig::Vault(v) => {
+            if let Some(auth) = &v.auth {
+                refs.extend(auth.token_secret_ref.as_ref());
+                refs.extend(
+                    auth.app_role
+                        .iter()
+                        .flat_map(|a| std::iter::once(&a.secret_ref).chain(a.role_ref.as_ref())),
+                );
+                refs.extend(auth.kubernetes.as_ref().and_then(|k| k.secret_ref.as_ref()));
+            }
+        }
+        ProviderConfig::Aws(a) => {
+            if let Some(s) = &a.auth.secret_ref {
+                refs.extend([&s.access_key_id, &s.secret_access_key]);
+                refs.extend(s.session_token.as_ref());
+            }
+        }
+        ProviderConfig::OnePassword(o) => {
+            refs.extend(
+                o.auth
+                    .as_ref()
+                    .and_then(|a| a.secret_ref.as_ref())
+                    .map(|s| &s.connect_token_secret_ref),
+            );
+        }
+    }
+    let mut secrets: Vec<(String, String)> = refs
+        .into_iter()
+        .filter_map(|r| {
+            store
+                .credential_namespace(r.namespace.as_deref())
+                .map(|ns| (ns.to_string(), r.name.clone()))
+        })
+        .collect();
+    secrets.sort();
+    secrets.dedup();
+    secrets
+}
+
+/// Renders a JSON value as a secret: strings as their text, anything else as JSON.
+pub(crate) fn json_to_secret(value: &Value) -> SecretValue {
+    match value {
+        Value::String(s) => SecretValue::from(s.as_str()),
+        other => SecretValue::new(other.to_string().into_bytes()),
+    }
+}
+
+/// Selects `property` from a JSON object: an exact top-level key first, then
+/// a dotted path (`a.b.c`), as upstream's gjson lookup does for plain paths.
+pub(crate) fn json_property<'v>(object: &'v Value, property: &str) -> Option<&'v Value> {
+    if let Some(v) = object.get(property) {
+        return Some(v);
+    }
+    property.split('.').try_fold(object, |v, part| match v {
+        Value::Array(items) => part.parse::<usize>().ok().and_then(|i| items.get(i)),
+        other => other.get(part),
+    })
+}
+
+/// Every top-level property of a JSON object as a map.
+pub(crate) fn json_map(object: &Value) -> Option<SecretMap> {
+    Some(
+        object
+            .as_object()?
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_secret(v)))
+            .collect(),
+    )
+}

