@@ -38,6 +38,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
 
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+
     /// Largest request body accepted (e.g. `8MiB`); larger bodies get HTTP 413.
     #[arg(long, env = "KEYHOOK_MAX_BODY", default_value = "8MiB", value_name = "SIZE", value_parser = parse_byte_size)]
     pub max_body: usize,
@@ -117,6 +120,47 @@ pub struct ClusterArgs {
         value_name = "BOOL"
     )]
     pub leader_elect: bool,
+}
+
+/// Settings of the shared provider layer that fetches secret values.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// Standalone only: a multi-document YAML file of SecretStores,
+    /// ClusterSecretStores and the v1 Secrets they reference; reloaded on change.
+    #[arg(long, env = "KEYHOOK_STORES", value_name = "FILE")]
+    pub stores: Option<PathBuf>,
+
+    /// Backend requests per second per store (a store's `keyhook.io/qps` annotation overrides it).
+    #[arg(long, env = "KEYHOOK_PROVIDER_QPS", default_value = "10", value_name = "QPS", value_parser = parse_qps)]
+    pub provider_qps: f64,
+
+    /// Token-bucket burst per store.
+    #[arg(long, env = "KEYHOOK_PROVIDER_BURST", default_value = "20", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub provider_burst: u32,
+
+    /// How long a fetched value may be reused for identical fetches (`0s` = off).
+    #[arg(long, env = "KEYHOOK_PROVIDER_CACHE_TTL", default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
+    pub provider_cache_ttl: Duration,
+}
+
+impl ProviderArgs {
+    /// The provider layer's settings these flags describe.
+    pub fn settings(&self) -> crate::providers::ProviderSettings {
+        crate::providers::ProviderSettings {
+            qps: self.provider_qps,
+            burst: self.provider_burst,
+            cache_ttl: self.provider_cache_ttl,
+            stores_file: self.stores.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_qps(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(qps) if qps.is_finite() && qps > 0.0 => Ok(qps),
+        _ => Err("must be a number of requests per second above 0, e.g. `10` or `0.5`".into()),
+    }
 }
 
 /// The Service the apiserver dials, which decides the names a serving
