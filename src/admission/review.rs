@@ -10,11 +10,11 @@ use std::{future::Future, time::Duration};
 
 use http::StatusCode;
 use kube::core::{
-    DynamicObject, Status,
-    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
-    conversion::{ConversionRequest, ConversionResponse, ConversionReview},
+    DynamicObject, Resource, Status, TypeMeta,
+    admission::{AdmissionRequest, AdmissionResponse},
+    conversion::{ConversionRequest, ConversionResponse},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 
 const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 const CONVERSION_API_VERSION: &str = "apiextensions.k8s.io/v1";
@@ -63,26 +63,60 @@ impl ReviewError {
     }
 }
 
-/// Decodes an `admission.k8s.io/v1` AdmissionReview and returns its request.
-pub fn decode_admission(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
+/// An AdmissionReview as it arrives, without `#[serde(flatten)]`: kube's
+/// `AdmissionReview` flattens its type fields, which makes serde buffer the
+/// whole body before decoding it, doubling the cost of every review.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", bound = "T: DeserializeOwned + Resource")]
+struct AdmissionEnvelope<T: Resource> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<AdmissionRequest<T>>,
+}
+
+/// A ConversionReview as it arrives; see [`AdmissionEnvelope`].
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConversionEnvelope {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<ConversionRequest>,
+}
+
+/// Decodes an `admission.k8s.io/v1` AdmissionReview and returns its request,
+/// with the object as `T` (a typed resource, or a `DynamicObject`).
+pub fn decode_admission<T>(body: &[u8]) -> Result<AdmissionRequest<T>, ReviewError>
+where
+    T: Resource + DeserializeOwned,
+{
     let malformed = |reason: String| ReviewError::Malformed {
         expected: "AdmissionReview",
         api_version: ADMISSION_API_VERSION,
         reason,
     };
-    let review: AdmissionReview<DynamicObject> = decode_json(body).map_err(|e| {
+    let envelope: AdmissionEnvelope<T> = decode_json(body).map_err(|e| {
         malformed(type_error(body, "AdmissionReview", ADMISSION_API_VERSION).unwrap_or(e))
     })?;
     check_type(
-        &review.types.kind,
-        &review.types.api_version,
+        &envelope.kind,
+        &envelope.api_version,
         "AdmissionReview",
         ADMISSION_API_VERSION,
     )
     .map_err(malformed)?;
-    review
-        .try_into()
-        .map_err(|_| malformed("it has no `request`".into()))
+    let mut request = envelope
+        .request
+        .ok_or_else(|| malformed("it has no `request`".into()))?;
+    // The response echoes these; kube's own conversion copies them the same way.
+    request.types = TypeMeta {
+        api_version: envelope.api_version,
+        kind: envelope.kind,
+    };
+    Ok(request)
 }
 
 /// Decodes an `apiextensions.k8s.io/v1` ConversionReview and returns its
@@ -93,35 +127,50 @@ pub fn decode_conversion(body: &[u8]) -> Result<ConversionRequest, ReviewError> 
         api_version: CONVERSION_API_VERSION,
         reason,
     };
-    let review: ConversionReview = decode_json(body).map_err(|e| {
+    let envelope: ConversionEnvelope = decode_json(body).map_err(|e| {
         malformed(type_error(body, "ConversionReview", CONVERSION_API_VERSION).unwrap_or(e))
     })?;
     check_type(
-        &review.types.kind,
-        &review.types.api_version,
+        &envelope.kind,
+        &envelope.api_version,
         "ConversionReview",
         CONVERSION_API_VERSION,
     )
     .map_err(malformed)?;
-    ConversionRequest::from_review(review).map_err(|_| malformed("it has no `request`".into()))
+    let mut request = envelope
+        .request
+        .ok_or_else(|| malformed("it has no `request`".into()))?;
+    request.types = Some(TypeMeta {
+        api_version: envelope.api_version,
+        kind: envelope.kind,
+    });
+    Ok(request)
 }
 
-/// Deserializes JSON, naming the path of the first field that does not fit.
+/// Deserializes JSON. The common case pays for nothing else; a body that
+/// fails is decoded again to name the path of the first field that did not
+/// fit.
 fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            inner.to_string()
-        } else {
-            format!("at `{path}`: {inner}")
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
+    match result {
+        Ok(_) => deserializer
+            .end()
+            .map_err(|e| format!("trailing data after the review: {e}"))
+            .and_then(|()| Err("the review does not decode".to_string())),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Err(if path == "." {
+                inner.to_string()
+            } else {
+                format!("at `{path}`: {inner}")
+            })
         }
-    })?;
-    deserializer
-        .end()
-        .map_err(|e| format!("trailing data after the review: {e}"))?;
-    Ok(value)
+    }
 }
 
 /// When a body fails to decode, whether it is simply the wrong kind of

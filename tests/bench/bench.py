@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Drives keyhook (release build, standalone) and the floor server with h2load
+over TLS + HTTP/2 and prints the figures the issues ask for.
+
+  bench.py serve       pod AdmissionReview at 1/16/64 streams, keyhook vs floor,
+                       a steady 2,000 req/s latency run, start-to-ready, RSS
+  bench.py conversion  a ConversionReview of 100 ExternalSecrets v1alpha1 -> v1
+
+Run through tests/bench/serve.sh or tests/bench/conversion.sh, which build first.
+"""
+import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+KEYHOOK = os.path.join(ROOT, "target", "release", "keyhook")
+FLOOR = os.path.join(ROOT, "target", "release", "examples", "floor_server")
+POD_REVIEW = os.path.join(ROOT, "tests", "fixtures", "admission", "pod-create-deployment.json")
+CONVERSION_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "conversion", "externalsecrets-v1alpha1-to-v1.json")
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "40000"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(health_port, proc, limit=20.0):
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if proc.poll() is not None:
+            sys.exit(f"keyhook exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return time.monotonic() - start
+        except Exception:
+            pass
+        time.sleep(0.002)
+    sys.exit("keyhook did not become ready")
+
+
+def rss_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def start_keyhook(workdir):
+    webhook, health = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env.update(HOME=workdir, RUST_LOG="warn")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [KEYHOOK, "serve", "--webhook-addr", f"127.0.0.1:{webhook}", "--health-addr", f"127.0.0.1:{health}"],
+        cwd=workdir, env=env, stdout=subprocess.DEVNULL)
+    ready = wait_ready(health, proc)
+    return proc, webhook, ready + 0 * t0
+
+
+def h2load(port, body, streams, clients=1, requests=REQUESTS, rps=None, duration=None):
+    log = tempfile.NamedTemporaryFile(delete=False, suffix=".log").name
+    cmd = ["h2load", "-c", str(clients), "-m", str(streams), "-d", body,
+           "-H", "content-type: application/json", "--log-file", log]
+    if rps:
+        cmd += ["--rps", str(rps), "-D", str(duration)]
+    else:
+        cmd += ["-n", str(requests)]
+    cmd.append(f"https://localhost:{port}/{PATH}")
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    codes, lat = [], []
+    with open(log) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                codes.append(int(parts[1]))
+                lat.append(int(parts[2]))
+    os.unlink(log)
+    rate = next((float(l.split()[3]) for l in out.splitlines() if l.startswith("finished in")), 0.0)
+    failed = sum(1 for c in codes if c != 200)
+    if not lat:
+        sys.exit("h2load produced no requests:\n" + out)
+    lat.sort()
+    pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] / 1000.0
+    return dict(rate=rate, p50=pct(0.50), p99=pct(0.99), n=len(lat), failed=failed)
+
+
+def serve_bench():
+    global PATH
+    PATH = "mutate-pod"
+    workdir = tempfile.mkdtemp(prefix="keyhook-bench-")
+    try:
+        # Start-to-ready with certificate generation: a fresh directory each time.
+        starts = []
+        for _ in range(5):
+            shutil.rmtree(os.path.join(workdir, "certs"), ignore_errors=True)
+            proc, port, ready = start_keyhook(workdir)
+            starts.append(ready)
+            proc.send_signal(signal.SIGTERM); proc.wait()
+        proc, port, _ = start_keyhook(workdir)
+        time.sleep(0.5)
+        idle_rss = rss_kib(proc.pid, "VmRSS")
+
+        response = subprocess.run(
+            ["curl", "-s", "--cacert", os.path.join(workdir, "certs", "ca.crt"), "-H", "Content-Type: application/json",
+             "--data-binary", "@" + POD_REVIEW, f"https://localhost:{port}/mutate-pod"], capture_output=True).stdout
+        response_file = os.path.join(workdir, "response.json")
+        with open(response_file, "wb") as f:
+            f.write(response)
+        floor_port = free_port()
+        floor = subprocess.Popen([FLOOR, f"127.0.0.1:{floor_port}", os.path.join(workdir, "certs"), response_file],
+                                 stdout=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+        print(f"start-to-ready (cert generation included): median {statistics.median(starts)*1000:.0f} ms, "
+              f"max {max(starts)*1000:.0f} ms over {len(starts)} starts")
+        print(f"idle RSS: {idle_rss/1024:.1f} MiB")
+        print()
+        print(f"{'streams':>7} {'keyhook req/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'floor req/s':>12} {'floor p99':>9} {'ratio':>6}")
+        for streams in (1, 16, 64):
+            h2load(port, POD_REVIEW, streams, requests=2000)  # warm-up
+            k = h2load(port, POD_REVIEW, streams)
+            f = h2load(floor_port, POD_REVIEW, streams)
+            print(f"{streams:>7} {k['rate']:>14.0f} {k['p50']:>7.2f} {k['p99']:>7.2f} {f['rate']:>12.0f} "
+                  f"{f['p99']:>9.2f} {k['rate']/f['rate']:>6.2f}" + (f"  ({k['failed']} failed)" if k['failed'] else ""))
+        print(f"peak RSS under load: {rss_kib(proc.pid, 'VmHWM')/1024:.1f} MiB")
+        steady = h2load(port, POD_REVIEW, 1, clients=4, rps=500, duration=10)
+        floor_steady = h2load(floor_port, POD_REVIEW, 1, clients=4, rps=500, duration=10)
+        print(f"steady 2,000 req/s for 10 s: keyhook p50 {steady['p50']:.2f} ms, p99 {steady['p99']:.2f} ms "
+              f"({steady['n']} requests, {steady['failed']} failed); floor p99 {floor_steady['p99']:.2f} ms")
+        print(f"peak RSS after all runs: {rss_kib(proc.pid, 'VmHWM')/1024:.1f} MiB")
+        floor.terminate(); proc.send_signal(signal.SIGTERM); proc.wait(); floor.wait()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def conversion_bench():
+    global PATH
+    PATH = "convert"
+    workdir = tempfile.mkdtemp(prefix="keyhook-bench-")
+    try:
+        with open(CONVERSION_FIXTURE) as f:
+            review = json.load(f)
+        template = review["request"]["objects"][0]
+        objects = []
+        for i in range(100):
+            o = json.loads(json.dumps(template))
+            o["metadata"]["name"] = f"template-{i}"
+            o["metadata"]["uid"] = f"0b5c6a3e-7d4f-4f51-9a36-{i:012d}"
+            objects.append(o)
+        review["request"]["objects"] = objects
+        body = os.path.join(workdir, "review-100.json")
+        with open(body, "w") as f:
+            json.dump(review, f)
+        proc, port, _ = start_keyhook(workdir)
+        print(f"ConversionReview of 100 ExternalSecrets v1alpha1 -> v1 ({os.path.getsize(body)//1024} KiB), HTTP/2 + TLS")
+        print(f"{'streams':>7} {'reviews/s':>10} {'conversions/s':>14} {'p50 ms':>7} {'p99 ms':>7}")
+        for streams in (1, 4, 16):
+            h2load(port, body, streams, requests=200)
+            r = h2load(port, body, streams, requests=2000)
+            print(f"{streams:>7} {r['rate']:>10.0f} {r['rate']*100:>14.0f} {r['p50']:>7.2f} {r['p99']:>7.2f}"
+                  + (f"  ({r['failed']} failed)" if r['failed'] else ""))
+        print(f"peak RSS: {rss_kib(proc.pid, 'VmHWM')/1024:.1f} MiB")
+        proc.send_signal(signal.SIGTERM); proc.wait()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    {"serve": serve_bench, "conversion": conversion_bench}[sys.argv[1] if len(sys.argv) > 1 else "serve"]()
