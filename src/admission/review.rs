@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_real_pod_review_decodes() {
-        let request = decode_admission(POD_REVIEW.as_bytes()).unwrap();
+        let request = decode_admission::<DynamicObject>(POD_REVIEW.as_bytes()).unwrap();
         assert_eq!(request.kind.kind, "Pod");
         assert!(request.object.is_some());
     }
@@ -262,20 +262,21 @@ mod tests {
     #[test]
     fn errors_name_the_field_that_is_wrong() {
         let mangled = POD_REVIEW.replacen("\"uid\"", "\"uuid\"", 1);
-        let err = decode_admission(mangled.as_bytes()).unwrap_err();
+        let err = decode_admission::<DynamicObject>(mangled.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("missing field `uid`"), "{err}");
         assert!(err.to_string().contains("request"), "{err}");
 
-        let err =
-            decode_admission(br#"{"kind":"ConversionReview","apiVersion":"admission.k8s.io/v1"}"#)
-                .unwrap_err();
+        let err = decode_admission::<DynamicObject>(
+            br#"{"kind":"ConversionReview","apiVersion":"admission.k8s.io/v1"}"#,
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("kind is `ConversionReview`"),
             "{err}"
         );
 
         let beta = POD_REVIEW.replacen("admission.k8s.io/v1", "admission.k8s.io/v1beta1", 1);
-        let err = decode_admission(beta.as_bytes()).unwrap_err();
+        let err = decode_admission::<DynamicObject>(beta.as_bytes()).unwrap_err();
         assert!(
             err.to_string().contains("admission.k8s.io/v1beta1"),
             "{err}"
@@ -285,7 +286,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_overrunning_handler_is_denied_with_the_reason() {
-        let request = decode_admission(POD_REVIEW.as_bytes()).unwrap();
+        let request = decode_admission::<DynamicObject>(POD_REVIEW.as_bytes()).unwrap();
         let slow = async {
             tokio::time::sleep(Duration::from_secs(60)).await;
             AdmissionResponse::from(&request)
