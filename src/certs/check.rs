@@ -9,7 +9,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::Serialize;
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
-use super::{Error, PemBundle, ServiceIdentity, SubjectAltName};
+use super::{Error, PemBundle, ServiceIdentity, SubjectAltName, generate::renewal_due};
 
 /// What a certificate says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -282,4 +282,42 @@ pub fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
+}
+
+/// Why the serving certificate in `bundle` must be reissued by the CA in
+/// `ca_pem` for `sans`, if it must: unusable, outside its validity window,
+/// signed by another CA, missing a SAN, or with a third of its life left.
+pub(crate) fn reissue_reason(
+    bundle: &PemBundle,
+    ca_pem: &str,
+    sans: &[SubjectAltName],
+    now: i64,
+) -> Option<String> {
+    let loaded = match LoadedCert::load(bundle.clone()) {
+        Ok(loaded) => loaded,
+        Err(e) => return Some(e.to_string()),
+    };
+    let inspection = &loaded.inspection;
+    if let Err(e) = inspection.validity(now) {
+        return Some(format!("serving certificate {e}"));
+    }
+    if let Err(e) = inspection.trusted_by(ca_pem, now) {
+        return Some(format!(
+            "serving certificate not signed by the current CA: {e}"
+        ));
+    }
+    let missing: Vec<String> = sans
+        .iter()
+        .map(ToString::to_string)
+        .filter(|san| !inspection.leaf.sans.contains(san))
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "serving certificate lacks SANs {}",
+            missing.join(", ")
+        ));
+    }
+    let leaf = &inspection.leaf;
+    renewal_due(leaf.not_before, leaf.not_after, now)
+        .then(|| "serving certificate has less than a third of its lifetime left".to_string())
 }

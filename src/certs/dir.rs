@@ -12,8 +12,8 @@ use std::{
 use time::OffsetDateTime;
 
 use super::{
-    CA_CRT, CA_KEY, CertificateAuthority, Error, Inspection, LoadedCert, PemBundle, PrivateKeyPem,
-    SubjectAltName, TLS_CRT, TLS_KEY, generate::renewal_due,
+    CA_CRT, CA_KEY, CertificateAuthority, Error, Inspection, PemBundle, PrivateKeyPem,
+    SubjectAltName, TLS_CRT, TLS_KEY, check::reissue_reason, generate::renewal_due,
 };
 
 /// Reads `tls.crt`, `tls.key`, `ca.crt` and, when present, `ca.key`.
@@ -111,7 +111,7 @@ pub fn ensure_self_managed(
     let serving_problem = match &existing {
         _ if new_ca => Some("a new CA was generated".to_string()),
         None => Some(format!("{} has no complete certificate set", dir.display())),
-        Some(bundle) => serving_problem(bundle, ca.cert_pem(), sans, unix_now),
+        Some(bundle) => reissue_reason(bundle, ca.cert_pem(), sans, unix_now),
     };
     let Some(reason) = serving_problem else {
         // Reuse only reaches here with an existing bundle.
@@ -138,42 +138,6 @@ fn reusable_ca(bundle: &PemBundle, now: i64) -> Option<CertificateAuthority> {
     let usable =
         info.is_ca && info.not_before <= now && !renewal_due(info.not_before, info.not_after, now);
     usable.then_some(ca)
-}
-
-/// Why the serving certificate in `bundle` cannot be kept, if it cannot.
-fn serving_problem(
-    bundle: &PemBundle,
-    ca_pem: &str,
-    sans: &[SubjectAltName],
-    now: i64,
-) -> Option<String> {
-    let loaded = match LoadedCert::load(bundle.clone()) {
-        Ok(loaded) => loaded,
-        Err(e) => return Some(e.to_string()),
-    };
-    let inspection = &loaded.inspection;
-    if let Err(e) = inspection.validity(now) {
-        return Some(format!("serving certificate {e}"));
-    }
-    if let Err(e) = inspection.trusted_by(ca_pem, now) {
-        return Some(format!(
-            "serving certificate not signed by the current CA: {e}"
-        ));
-    }
-    let missing: Vec<String> = sans
-        .iter()
-        .map(ToString::to_string)
-        .filter(|san| !inspection.leaf.sans.contains(san))
-        .collect();
-    if !missing.is_empty() {
-        return Some(format!(
-            "serving certificate lacks SANs {}",
-            missing.join(", ")
-        ));
-    }
-    let leaf = &inspection.leaf;
-    renewal_due(leaf.not_before, leaf.not_after, now)
-        .then(|| "serving certificate has less than a third of its lifetime left".to_string())
 }
 
 #[cfg(test)]

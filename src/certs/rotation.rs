@@ -18,7 +18,8 @@ use time::OffsetDateTime;
 use x509_parser::{certificate::X509Certificate, prelude::FromDer};
 
 use super::{
-    CertificateAuthority, Error, Inspection, LoadedCert, PemBundle, PrivateKeyPem, SubjectAltName,
+    CertificateAuthority, Error, Inspection, PemBundle, PrivateKeyPem, SubjectAltName,
+    check::reissue_reason,
     generate::{renewal_due, renewal_time},
     store::{RotationPhase, StoredCerts},
 };
@@ -81,8 +82,7 @@ pub fn plan(
     if unix < signing.not_before || unix >= signing.not_after {
         return fresh(policy, now, "its CA is outside its validity window".into());
     }
-    let serving_problem =
-        serving_problem(&stored.bundle, signing.ca.cert_pem(), &policy.sans, unix);
+    let serving_problem = reissue_reason(&stored.bundle, signing.ca.cert_pem(), &policy.sans, unix);
     let serving_renewal = serving_renewal_time(&stored.bundle).unwrap_or(unix);
     let reissue = |phase: RotationPhase, reason: String| -> Result<Plan, Error> {
         let (tls_crt, tls_key) = issue(&signing, policy, now)?;
@@ -242,42 +242,6 @@ fn issue(
     let ca_left = u64::try_from(signing.not_after - now.unix_timestamp()).unwrap_or(0);
     let validity = policy.serving_validity.min(Duration::from_secs(ca_left));
     signing.ca.issue_serving(&policy.sans, validity, now)
-}
-
-/// Why the serving certificate cannot be kept, if it cannot.
-fn serving_problem(
-    bundle: &PemBundle,
-    signing_ca_pem: &str,
-    sans: &[SubjectAltName],
-    now: i64,
-) -> Option<String> {
-    let loaded = match LoadedCert::load(bundle.clone()) {
-        Ok(loaded) => loaded,
-        Err(e) => return Some(e.to_string()),
-    };
-    let inspection = &loaded.inspection;
-    if let Err(e) = inspection.validity(now) {
-        return Some(format!("serving certificate {e}"));
-    }
-    if let Err(e) = inspection.trusted_by(signing_ca_pem, now) {
-        return Some(format!(
-            "serving certificate not signed by the signing CA: {e}"
-        ));
-    }
-    let missing: Vec<String> = sans
-        .iter()
-        .map(ToString::to_string)
-        .filter(|san| !inspection.leaf.sans.contains(san))
-        .collect();
-    if !missing.is_empty() {
-        return Some(format!(
-            "serving certificate lacks SANs {}",
-            missing.join(", ")
-        ));
-    }
-    let leaf = &inspection.leaf;
-    renewal_due(leaf.not_before, leaf.not_after, now)
-        .then(|| "serving certificate has a third of its life left".to_string())
 }
 
 fn serving_renewal_time(bundle: &PemBundle) -> Option<i64> {
