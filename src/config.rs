@@ -249,8 +249,10 @@ fn parse_request_timeout(value: &str) -> Result<Duration, String> {
 
 fn parse_cert_validity(value: &str) -> Result<Duration, String> {
     let validity = parse_duration(value)?;
-    if validity < Duration::from_secs(60) {
-        return Err("must be at least 1m".into());
+    // Certificates start 5 minutes in the past (clock skew) and are renewed
+    // with a third of their life left: much shorter lives renew in a loop.
+    if validity < Duration::from_secs(3600) {
+        return Err("must be at least 1h".into());
     }
     if validity > Duration::from_secs(10 * 365 * 24 * 3600) {
         return Err("must not exceed the CA's 10 years".into());
@@ -360,7 +362,7 @@ mod tests {
         assert!(
             parse_cert_validity("10s")
                 .unwrap_err()
-                .contains("at least 1m")
+                .contains("at least 1h")
         );
         assert!(parse_byte_size("0").unwrap_err().contains("more than 0"));
         assert!(parse_duration("soon").unwrap_err().contains("expected"));
