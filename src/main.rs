@@ -1,10 +1,15 @@
 //! The `keyhook` command line.
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keyhook::{
+    apis,
     certs::{self, Inspection, SubjectAltName},
     config::{CertArgs, LogArgs, LogFormat, ServeArgs, ServiceArgs},
     server::{Mode, Server},
@@ -38,6 +43,26 @@ enum Command {
             value_name = "DOMAIN"
         )]
         cluster_domain: String,
+    },
+    /// Print the ExternalSecret, SecretStore and ClusterSecretStore CRDs (all versions, v1 stored).
+    Crds {
+        /// Write one file per CRD into this directory instead of printing a YAML stream.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Convert a YAML or JSON stream of external-secrets.io objects offline; other kinds pass through.
+    Convert {
+        /// Target version: v1alpha1, v1beta1 or v1.
+        #[arg(long, value_name = "VERSION")]
+        to: apis::Version,
+        /// Input file; `-` or nothing reads standard input.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE",
+            default_value = "-"
+        )]
+        file: PathBuf,
     },
 }
 
@@ -75,6 +100,8 @@ fn main() -> ExitCode {
         }
         Command::Certs(CertsCommand::Inspect { cert_dir, service }) => inspect(&cert_dir, &service),
         Command::Doctor { cluster_domain } => doctor(&cluster_domain),
+        Command::Crds { out } => print_crds(out.as_deref()),
+        Command::Convert { to, file } => convert(to, &file),
     };
     match result {
         Ok(code) => code,
@@ -264,4 +291,30 @@ fn remaining(seconds: i64) -> String {
         "{} left",
         humantime::format_duration(Duration::from_secs(secs - secs % 60))
     )
+}
+
+fn print_crds(out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let Some(dir) = out else {
+        print!("{}", apis::crds_yaml()?);
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for crd in apis::crds()? {
+        let path = dir.join(apis::crds::file_name(&crd));
+        let yaml = serde_saphyr::to_string(&crd).context("rendering a CRD as YAML")?;
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn convert(to: apis::Version, file: &Path) -> anyhow::Result<ExitCode> {
+    let input = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let output = apis::convert_documents(&input, to)?;
+    print!("{output}");
+    Ok(ExitCode::SUCCESS)
 }

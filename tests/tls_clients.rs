@@ -57,6 +57,14 @@ async fn rustls_verifies_every_san_and_rejects_other_names() {
             "{name}: {error}"
         );
     }
+    // Each refused handshake is counted on the server side.
+    let (_, metrics) = server.admin_get("/metrics").await;
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keyhook_tls_handshake_failures_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(failures >= BAD_NAMES.len() as u64, "{metrics}");
     server.stop().await;
 }
 

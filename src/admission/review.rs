@@ -40,7 +40,7 @@ pub enum ReviewError {
     #[error("request body could not be read: {0}")]
     BodyRead(String),
     /// The body is not the review this path expects.
-    #[error("request body is not a {expected} {api_version} review: {reason}")]
+    #[error("request body is not a valid {expected} ({api_version}): {reason}")]
     Malformed {
         /// `AdmissionReview` or `ConversionReview`.
         expected: &'static str,
@@ -70,7 +70,9 @@ pub fn decode_admission(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, 
         api_version: ADMISSION_API_VERSION,
         reason,
     };
-    let review: AdmissionReview<DynamicObject> = decode_json(body).map_err(malformed)?;
+    let review: AdmissionReview<DynamicObject> = decode_json(body).map_err(|e| {
+        malformed(type_error(body, "AdmissionReview", ADMISSION_API_VERSION).unwrap_or(e))
+    })?;
     check_type(
         &review.types.kind,
         &review.types.api_version,
@@ -91,7 +93,9 @@ pub fn decode_conversion(body: &[u8]) -> Result<ConversionRequest, ReviewError> 
         api_version: CONVERSION_API_VERSION,
         reason,
     };
-    let review: ConversionReview = decode_json(body).map_err(malformed)?;
+    let review: ConversionReview = decode_json(body).map_err(|e| {
+        malformed(type_error(body, "ConversionReview", CONVERSION_API_VERSION).unwrap_or(e))
+    })?;
     check_type(
         &review.types.kind,
         &review.types.api_version,
@@ -118,6 +122,13 @@ fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
         .end()
         .map_err(|e| format!("trailing data after the review: {e}"))?;
     Ok(value)
+}
+
+/// When a body fails to decode, whether it is simply the wrong kind of
+/// review: that says more than the first field that did not fit.
+fn type_error(body: &[u8], want_kind: &str, want_version: &str) -> Option<String> {
+    let types: kube::core::TypeMeta = serde_json::from_slice(body).ok()?;
+    check_type(&types.kind, &types.api_version, want_kind, want_version).err()
 }
 
 fn check_type(

@@ -15,14 +15,36 @@ use axum::{
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::time::Instant;
 
+use kube::core::{
+    DynamicObject, Status,
+    admission::{AdmissionRequest, AdmissionResponse},
+    conversion::{ConversionResponse, ConversionReview},
+};
+
 use crate::{
     admission::{self, ReviewError},
+    apis::{self, validate},
     metrics::{HttpMetrics, PathLabels, RequestLabels},
 };
 
-/// Route templates, also the bounded set of `path` metric labels.
+/// The pod mutating webhook.
 pub const MUTATE_POD: &str = "/mutate-pod";
-const ROUTES: &[&str] = &[MUTATE_POD];
+/// The CRD conversion webhook.
+pub const CONVERT: &str = "/convert";
+/// Validating webhooks of the three custom resources.
+pub const VALIDATE_EXTERNAL_SECRET: &str = "/validate-externalsecret";
+/// See [`VALIDATE_EXTERNAL_SECRET`].
+pub const VALIDATE_SECRET_STORE: &str = "/validate-secretstore";
+/// See [`VALIDATE_EXTERNAL_SECRET`].
+pub const VALIDATE_CLUSTER_SECRET_STORE: &str = "/validate-clustersecretstore";
+/// Every route, also the bounded set of `path` metric labels.
+pub const ROUTES: &[&str] = &[
+    MUTATE_POD,
+    CONVERT,
+    VALIDATE_EXTERNAL_SECRET,
+    VALIDATE_SECRET_STORE,
+    VALIDATE_CLUSTER_SECRET_STORE,
+];
 
 /// Limits shared by every webhook route.
 #[derive(Debug, Clone)]
@@ -42,6 +64,19 @@ struct WebhookState {
 pub fn webhook_router(settings: WebhookSettings, metrics: HttpMetrics) -> Router {
     Router::new()
         .route(MUTATE_POD, post(mutate_pod))
+        .route(CONVERT, post(convert))
+        .route(
+            VALIDATE_EXTERNAL_SECRET,
+            post(|body| validate_resource(body, validate::validate_external_secret)),
+        )
+        .route(
+            VALIDATE_SECRET_STORE,
+            post(|body| validate_resource(body, validate::validate_secret_store)),
+        )
+        .route(
+            VALIDATE_CLUSTER_SECRET_STORE,
+            post(|body| validate_resource(body, validate::validate_cluster_secret_store)),
+        )
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(WebhookState {
@@ -64,6 +99,43 @@ async fn mutate_pod(
     })
     .await;
     Ok(Json(response.into_review()).into_response())
+}
+
+/// Validates a custom resource with a pure `decide` function.
+async fn validate_resource(
+    body: ReviewBody,
+    decide: fn(&AdmissionRequest<DynamicObject>) -> AdmissionResponse,
+) -> Result<Response, ReviewError> {
+    let request = admission::decode_admission(&body.bytes)?;
+    let response = decide(&request);
+    tracing::debug!(uid = %request.uid, kind = %request.kind.kind, allowed = response.allowed, "validated");
+    Ok(Json(response.into_review()).into_response())
+}
+
+async fn convert(
+    State(state): State<WebhookState>,
+    body: ReviewBody,
+) -> Result<Response, ReviewError> {
+    let request = admission::decode_conversion(&body.bytes)?;
+    let deadline = state
+        .settings
+        .request_timeout
+        .saturating_sub(body.received.elapsed());
+    let uid = request.uid.clone();
+    // Conversion is CPU work proportional to the body (up to --max-body):
+    // it runs off the async workers so it never stalls other requests.
+    let work = tokio::task::spawn_blocking(move || apis::convert_review(request));
+    let response = admission::convert_within(deadline, &uid, async {
+        work.await.unwrap_or_else(|e| {
+            tracing::error!(%uid, error = %e, "conversion task failed");
+            ConversionResponse::invalid(Status::failure(
+                "keyhook failed while converting; see its log",
+                "InternalError",
+            ))
+        })
+    })
+    .await;
+    Ok(Json(ConversionReview::from(response)).into_response())
 }
 
 async fn unknown_path(request: Request) -> Response {

@@ -82,7 +82,9 @@ impl Running {
 
     /// GETs a path on the health listener: status and body.
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{path}", self.health))
+        let response = http_client()
+            .get(format!("http://{}{path}", self.health))
+            .send()
             .await
             .expect("health listener answers");
         let status = response.status().as_u16();
@@ -98,6 +100,13 @@ impl Running {
             .expect("server task did not panic")
             .expect("server exits cleanly");
     }
+}
+
+/// A plain-HTTP client (reqwest is built without a default TLS provider).
+pub fn http_client() -> reqwest::Client {
+    // Err means a provider is installed already, which is as good.
+    let _ = default_provider().install_default();
+    reqwest::Client::new()
 }
 
 /// The service identity of the default flags.
