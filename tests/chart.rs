@@ -17,6 +17,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
+use keyhook::server::routes::{CONVERT, MUTATE_POD, ROUTES};
 use serde_json::{Value, json};
 use support::{have_tool, tools_required};
 
@@ -31,14 +32,6 @@ const EXTRA_DNS: &str = "keyhook.example.com";
 const EXTRA_IP: &str = "10.0.0.7";
 /// Base64 of a PEM header: the chart passes it through untouched.
 const EXTERNAL_CA_BUNDLE: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==";
-/// The paths keyhook serves on its webhook port.
-const WEBHOOK_PATHS: [&str; 5] = [
-    "/mutate-pod",
-    "/validate-externalsecret",
-    "/validate-secretstore",
-    "/validate-clustersecretstore",
-    "/convert",
-];
 /// Rendered kinds that Kubernetes' own schemas do not cover.
 const CUSTOM_RESOURCE_KINDS: [&str; 3] = ["Certificate", "Issuer", "ServiceMonitor"];
 
@@ -850,7 +843,7 @@ fn the_pod_webhook_never_calls_for_unlabelled_pods_kube_system_or_its_own_namesp
         assert_eq!(w["reinvocationPolicy"], "IfNeeded");
         assert_eq!(w["matchPolicy"], "Equivalent");
         assert_eq!(w["admissionReviewVersions"], json!(["v1"]));
-        assert_eq!(w["clientConfig"]["service"]["path"], "/mutate-pod");
+        assert_eq!(w["clientConfig"]["service"]["path"], MUTATE_POD);
     }
     // The failure policies are the operator's choice.
     let r = Scenario::new("self-managed", Platform::Kubernetes)
@@ -884,8 +877,8 @@ fn no_webhook_matches_delete() {
             }
             let path = w["clientConfig"]["service"]["path"].as_str().unwrap();
             assert!(
-                WEBHOOK_PATHS.contains(&path),
-                "{name} calls unknown path {path}"
+                ROUTES.contains(&path),
+                "{name} calls {path}, not a route of keyhook"
             );
         }
         let validating = r.one("ValidatingWebhookConfiguration");
@@ -1286,7 +1279,7 @@ fn crds_are_the_generated_ones_calling_this_releases_service() {
             let service = &crd["spec"]["conversion"]["webhook"]["clientConfig"]["service"];
             assert_eq!(
                 service,
-                &json!({"name": FULLNAME, "namespace": NAMESPACE, "path": "/convert", "port": 443})
+                &json!({"name": FULLNAME, "namespace": NAMESPACE, "path": CONVERT, "port": 443})
             );
             // Apart from the client config, the spec is the generator's.
             let mut spec = crd["spec"].clone();
