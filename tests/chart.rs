@@ -30,8 +30,10 @@ const NAMESPACE: &str = "secrets";
 const FULLNAME: &str = "kh-keyhook";
 const EXTRA_DNS: &str = "keyhook.example.com";
 const EXTRA_IP: &str = "10.0.0.7";
-/// Base64 of a PEM header: the chart passes it through untouched.
-const EXTERNAL_CA_BUNDLE: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==";
+/// The CA given in external mode, as PEM and as the base64 the caBundle takes.
+const EXTERNAL_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----";
+const EXTERNAL_CA_BUNDLE: &str =
+    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCmFiYwotLS0tLUVORCBDRVJUSUZJQ0FURS0tLS0tCg==";
 /// Rendered kinds that Kubernetes' own schemas do not cover.
 const CUSTOM_RESOURCE_KINDS: [&str; 3] = ["Certificate", "Issuer", "ServiceMonitor"];
 
@@ -219,6 +221,61 @@ impl Rendered {
         configs
     }
 
+    /// What the container finds in `--cert-dir`: the volume mounted there,
+    /// read-only, with the Secret it comes from.
+    fn cert_dir_files(&self) -> Option<CertDir> {
+        let cert_dir = self.arg("--cert-dir")?;
+        let mount = self.container()["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == cert_dir.as_str())?;
+        assert_eq!(
+            mount["readOnly"], true,
+            "the certificate is mounted read-only"
+        );
+        let volume = self.pod_spec()["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mounted volume exists");
+        if let Some(name) = volume["secret"]["secretName"].as_str() {
+            return Some(CertDir {
+                secret: name.to_string(),
+                projected: Vec::new(),
+            });
+        }
+        let mut secret = None;
+        let mut projected = Vec::new();
+        for source in volume["projected"]["sources"]
+            .as_array()
+            .expect("secret or projected")
+        {
+            let (kind, object) = if source["secret"].is_object() {
+                ("Secret", &source["secret"])
+            } else {
+                ("ConfigMap", &source["configMap"])
+            };
+            let name = object["name"].as_str().unwrap().to_string();
+            if kind == "Secret" {
+                secret = Some(name.clone());
+            }
+            for item in object["items"].as_array().unwrap() {
+                projected.push(ProjectedFile {
+                    kind,
+                    name: name.clone(),
+                    key: item["key"].as_str().unwrap().to_string(),
+                    path: item["path"].as_str().unwrap().to_string(),
+                });
+            }
+        }
+        Some(CertDir {
+            secret: secret.expect("a Secret among the projected sources"),
+            projected,
+        })
+    }
+
     /// The objects whose caBundle someone must inject: webhook configurations and CRDs.
     fn callers(&self) -> Vec<&Value> {
         [
@@ -229,6 +286,35 @@ impl Rendered {
         .iter()
         .flat_map(|kind| self.of_kind(kind))
         .collect()
+    }
+}
+
+/// The volume at `--cert-dir`.
+#[derive(Debug)]
+struct CertDir {
+    /// The Secret holding the serving certificate.
+    secret: String,
+    /// For a projected volume, each file and where it comes from.
+    projected: Vec<ProjectedFile>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct ProjectedFile {
+    kind: &'static str,
+    name: String,
+    key: String,
+    path: String,
+}
+
+impl CertDir {
+    /// Where `path` comes from: (kind, object name, key).
+    fn source_of(&self, path: &str) -> (&str, &str, &str) {
+        let file = self
+            .projected
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("{path} is not in the cert dir: {self:?}"));
+        (file.kind, &file.name, &file.key)
     }
 }
 
@@ -569,27 +655,8 @@ fn san_list_and_certificate_wiring_per_mode() {
             service,
             "service.beta.openshift.io/serving-cert-secret-name",
         );
-        let pod = r.pod_spec();
-        let mounted_secret = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| !v["secret"].is_null())
-            .map(|v| {
-                let mount = r.container()["volumeMounts"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|m| m["name"] == v["name"])
-                    .expect("the Secret volume is mounted");
-                assert_eq!(mount["readOnly"], true);
-                assert_eq!(
-                    mount["mountPath"].as_str(),
-                    r.arg("--cert-dir").as_deref(),
-                    "{mode}: the Secret is mounted at --cert-dir"
-                );
-                v["secret"]["secretName"].as_str().unwrap().to_string()
-            });
+        let cert_dir = r.cert_dir_files();
+        let mounted_secret = cert_dir.as_ref().map(|files| files.secret.clone());
         // Service identity: the names keyhook puts in (or checks against) its certificate.
         assert_eq!(r.arg("--service-name").as_deref(), Some(FULLNAME), "{mode}");
         assert_eq!(r.arg("--service-namespace").as_deref(), Some(NAMESPACE));
@@ -647,6 +714,22 @@ fn san_list_and_certificate_wiring_per_mode() {
                     Some(secret),
                     "that Secret is mounted"
                 );
+                // Its Secret has no ca.crt: that comes from the ConfigMap the
+                // operator writes its CA into.
+                let files = cert_dir.as_ref().unwrap();
+                assert_eq!(files.source_of("tls.crt"), ("Secret", secret, "tls.crt"));
+                assert_eq!(files.source_of("tls.key"), ("Secret", secret, "tls.key"));
+                let (kind, config_map, key) = files.source_of("ca.crt");
+                assert_eq!((kind, key), ("ConfigMap", "service-ca.crt"));
+                let config_map = r
+                    .of_kind("ConfigMap")
+                    .into_iter()
+                    .find(|c| c["metadata"]["name"] == config_map)
+                    .expect("the CA ConfigMap is rendered");
+                assert_eq!(
+                    annotation(config_map, "service.beta.openshift.io/inject-cabundle"),
+                    Some("true")
+                );
                 assert_eq!(openshift_injection, vec![Some("true".to_string()); callers]);
                 assert!(cert_manager_injection.iter().all(Option::is_none));
                 assert!(ca_bundles.iter().all(|b| b.is_null()));
@@ -694,6 +777,27 @@ fn san_list_and_certificate_wiring_per_mode() {
             "external" => {
                 assert_eq!(r.arg("--cert-mode").as_deref(), Some("external"));
                 assert_eq!(mounted_secret.as_deref(), Some("my-serving-cert"));
+                let files = cert_dir.as_ref().unwrap();
+                assert_eq!(
+                    files.source_of("tls.crt"),
+                    ("Secret", "my-serving-cert", "tls.crt")
+                );
+                assert_eq!(
+                    files.source_of("tls.key"),
+                    ("Secret", "my-serving-cert", "tls.key")
+                );
+                let (kind, config_map, key) = files.source_of("ca.crt");
+                assert_eq!((kind, key), ("ConfigMap", "ca.crt"));
+                let config_map = r
+                    .of_kind("ConfigMap")
+                    .into_iter()
+                    .find(|c| c["metadata"]["name"] == config_map)
+                    .expect("the CA ConfigMap is rendered");
+                assert_eq!(
+                    config_map["data"]["ca.crt"].as_str().map(str::trim_end),
+                    Some(EXTERNAL_CA_PEM),
+                    "ca.crt is the caBundle the webhooks carry"
+                );
                 assert!(
                     ca_bundles.iter().all(|b| *b == EXTERNAL_CA_BUNDLE),
                     "{ca_bundles:?}"
@@ -1363,7 +1467,7 @@ fn bad_values_fail_rendering_with_a_clear_message() {
     ];
     // Checked by the templates, whose `fail` says what to set; `helm lint`
     // only logs those by design, so they are checked on render alone.
-    let template_cases: [(&[&str], &[&str]); 2] = [
+    let template_cases: [(&[&str], &[&str]); 3] = [
         (
             &["certs.mode=external"],
             &["certs.mode=external needs certs.secretName"],
@@ -1371,6 +1475,14 @@ fn bad_values_fail_rendering_with_a_clear_message() {
         (
             &["certs.mode=external", "certs.secretName=mine"],
             &["certs.mode=external needs certs.external.caBundle"],
+        ),
+        (
+            &[
+                "certs.mode=external",
+                "certs.secretName=mine",
+                "certs.external.caBundle=Zm9v",
+            ],
+            &["certs.external.caBundle must be the base64 encoding of PEM"],
         ),
     ];
     let run = |command: &str, set: &[&str]| -> (bool, String) {

@@ -133,3 +133,13 @@ service:
 {{ . }}
 {{- end }}
 {{- end }}
+
+{{/* The ConfigMap holding the CA of a mounted certificate (openshift and
+external modes), and its key. */}}
+{{- define "keyhook.caConfigMap" -}}
+{{- include "keyhook.fullname" . }}-ca
+{{- end }}
+
+{{- define "keyhook.caConfigMapKey" -}}
+{{- if eq .Values.certs.mode "openshift" }}service-ca.crt{{ else }}ca.crt{{ end }}
+{{- end }}
