@@ -6,7 +6,7 @@ use std::path::Path;
 use keyhook::apis::crds::{crds, crds_yaml, file_name};
 use serde_json::Value;
 
-const CHART_CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keyhook/crds");
+const CHART_CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/keyhook/files/crds");
 
 fn as_json() -> Vec<Value> {
     crds()
@@ -103,8 +103,8 @@ fn schemas_keep_unknown_fields_and_provider_blocks() {
     }
 }
 
-/// Fails when `charts/keyhook/crds/` differs from the generator. Regenerate
-/// with `cargo run -- crds --out charts/keyhook/crds`, or
+/// Fails when `charts/keyhook/files/crds/` differs from the generator. Regenerate
+/// with `cargo run -- crds --out charts/keyhook/files/crds`, or
 /// `KEYHOOK_BLESS=1 cargo test --test apis_crds`.
 #[test]
 fn chart_crds_match_the_generator() {
@@ -120,7 +120,7 @@ fn chart_crds_match_the_generator() {
         assert!(
             found == expected,
             "{} is out of date with the CRD generator; regenerate it with \
-             `cargo run -- crds --out charts/keyhook/crds` \
+             `cargo run -- crds --out charts/keyhook/files/crds` \
              (or `KEYHOOK_BLESS=1 cargo test --test apis_crds`)",
             path.display()
         );
