@@ -41,6 +41,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub providers: ProviderArgs,
 
+    #[command(flatten)]
+    pub injection: InjectionArgs,
+
     /// Largest request body accepted (e.g. `8MiB`); larger bodies get HTTP 413.
     #[arg(long, env = "KEYHOOK_MAX_BODY", default_value = "8MiB", value_name = "SIZE", value_parser = parse_byte_size)]
     pub max_body: usize,
@@ -153,6 +156,63 @@ impl ProviderArgs {
             stores_file: self.stores.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// Settings of pod secret injection and the leader's refresh and GC loops.
+#[derive(Debug, Clone, Args)]
+pub struct InjectionArgs {
+    /// Standalone only: directory the managed Secrets are written to, as `<namespace>/<name>.yaml` (mode 0600).
+    #[arg(
+        long,
+        env = "KEYHOOK_SECRETS_DIR",
+        default_value = "./secrets",
+        value_name = "DIR"
+    )]
+    pub secrets_dir: PathBuf,
+
+    /// Spread of refresh times, as a percentage of a store's refresh interval (e.g. `10%`).
+    #[arg(long, env = "KEYHOOK_REFRESH_JITTER", default_value = "10%", value_name = "PERCENT", value_parser = parse_jitter)]
+    pub refresh_jitter: f64,
+
+    /// Window over which Secrets overdue for refresh (after an outage or a restart) are spread.
+    #[arg(long, env = "KEYHOOK_REFRESH_CATCHUP", default_value = "1m", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub refresh_catchup: Duration,
+
+    /// How long a managed Secret no pod references is kept before it is deleted.
+    #[arg(long, env = "KEYHOOK_GC_GRACE", default_value = "15m", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_grace: Duration,
+}
+
+impl InjectionArgs {
+    /// The leader loops' settings these flags describe.
+    pub fn refresh_settings(&self) -> crate::injection::RefreshSettings {
+        crate::injection::RefreshSettings {
+            jitter: self.refresh_jitter,
+            catchup: self.refresh_catchup,
+            gc_grace: self.gc_grace,
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses `10%` (or `0.1`) into a fraction in `[0, 0.5]`.
+fn parse_jitter(value: &str) -> Result<f64, String> {
+    let trimmed = value.trim();
+    let fraction = match trimmed.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+        None => trimmed.parse::<f64>(),
+    };
+    match fraction {
+        Ok(f) if (0.0..=0.5).contains(&f) => Ok(f),
+        _ => Err("must be a percentage from 0% to 50%, e.g. `10%`".into()),
+    }
+}
+
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        d if d.is_zero() => Err("must be more than 0s".into()),
+        d => Ok(d),
     }
 }
 

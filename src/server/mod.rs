@@ -16,7 +16,10 @@ use crate::{
     clock::SystemClock,
     config::{CertMode, ServeArgs},
     health::{self, Readiness},
+    injection::{self, ClusterSecrets, FileSecrets, Injector, SecretBackend},
+    leader::{self, Leadership},
     metrics::Metrics,
+    providers::{ClusterCatalog, FileCatalog, Providers, StoreCatalog},
 };
 
 /// Longest single sleep of the renewal loop, so a wall-clock jump (a
@@ -51,6 +54,9 @@ pub enum Error {
     /// service account.
     #[error("connecting to the cluster: {0}")]
     Kube(#[source] kube::Error),
+    /// The `--stores` file cannot be used.
+    #[error("--stores: {0}")]
+    Stores(String),
 }
 
 /// Where keyhook runs, which decides who issues its certificates.
@@ -86,6 +92,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     serving: Arc<ServingCert>,
     client: Option<kube::Client>,
+    injector: Injector,
     webhook: TcpListener,
     health: TcpListener,
 }
@@ -128,6 +135,7 @@ impl Server {
                 }
             }
         }
+        let injector = build_injector(&args, client.as_ref(), &metrics)?;
         let webhook = bind(args.webhook_addr, "--webhook-addr").await?;
         let health = bind(args.health_addr, "--health-addr").await?;
         Ok(Self {
@@ -136,6 +144,7 @@ impl Server {
             metrics,
             serving,
             client,
+            injector,
             webhook,
             health,
         })
@@ -160,6 +169,7 @@ impl Server {
             metrics,
             serving,
             client,
+            injector,
             webhook,
             health,
         } = self;
@@ -190,6 +200,10 @@ impl Server {
                     background.clone(),
                 )
             });
+        let leadership = cluster
+            .as_ref()
+            .map_or_else(|| Leadership::fixed(true), |c| c.leadership.clone());
+        let secret_loops = spawn_secret_loops(&args, &injector, &metrics, leadership, &shutdown);
         let renewal = (mode == Mode::Standalone)
             .then(|| tokio::spawn(renew_standalone(args.clone(), background.clone())));
 
@@ -209,7 +223,8 @@ impl Server {
             max_body: args.max_body,
             request_timeout: args.request_timeout,
         };
-        let router = routes::webhook_router(settings, metrics.http.clone());
+        let router = routes::webhook_router(settings, metrics.http.clone())
+            .layer(axum::Extension(injector));
         let tls = listener::tls_config(serving)?;
         let drained = listener::serve_tls(
             webhook,
@@ -231,6 +246,9 @@ impl Server {
         if let Some(renewal) = renewal {
             let _ = renewal.await;
         }
+        for task in secret_loops {
+            let _ = task.await;
+        }
         match admin.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Health(e)),
@@ -239,6 +257,80 @@ impl Server {
         tracing::info!(drained, "keyhook stopped");
         Ok(())
     }
+}
+
+/// The pod injector: the provider layer over the `--stores` file
+/// (standalone) or the cluster's stores, writing Secrets to `--secrets-dir`
+/// or to the cluster.
+fn build_injector(
+    args: &ServeArgs,
+    client: Option<&kube::Client>,
+    metrics: &Metrics,
+) -> Result<Injector, Error> {
+    let settings = args.providers.settings();
+    let (catalog, secrets): (Arc<dyn StoreCatalog>, Arc<dyn SecretBackend>) = match client {
+        Some(client) => (
+            Arc::new(ClusterCatalog::start(client.clone())),
+            Arc::new(ClusterSecrets::new(client.clone())),
+        ),
+        None => {
+            let catalog = match &settings.stores_file {
+                Some(path) => {
+                    let catalog = Arc::new(FileCatalog::from_file(path).map_err(stores_error)?);
+                    // The watch task lives as long as the process.
+                    let _watch = catalog
+                        .watch(path.clone())
+                        .map_err(|e| Error::Stores(e.to_string()))?;
+                    catalog
+                }
+                None => Arc::new(FileCatalog::from_yaml("").map_err(stores_error)?),
+            };
+            let secrets = FileSecrets::new(args.injection.secrets_dir.clone());
+            (catalog as Arc<dyn StoreCatalog>, Arc::new(secrets) as Arc<dyn SecretBackend>)
+        }
+    };
+    let providers = Providers::new(settings, catalog, metrics.providers.clone());
+    Ok(Injector::new(
+        Arc::new(providers),
+        secrets,
+        Arc::new(SystemClock),
+        metrics.injections.clone(),
+    ))
+}
+
+fn stores_error(errors: Vec<crate::providers::ProviderError>) -> Error {
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    Error::Stores(errors.join("; "))
+}
+
+/// Refresh and GC of the managed Secrets, on the leader only.
+fn spawn_secret_loops(
+    args: &ServeArgs,
+    injector: &Injector,
+    metrics: &Metrics,
+    leadership: Leadership,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let settings = args.injection.refresh_settings();
+    let refresh = {
+        let (injector, settings, secrets) = (injector.clone(), settings.clone(), metrics.secrets.clone());
+        tokio::spawn(leader::run_while_leader(
+            leadership.clone(),
+            shutdown.clone(),
+            "secret-refresh",
+            move |term| injection::run_refresh(injector.clone(), settings.clone(), secrets.clone(), term),
+        ))
+    };
+    let gc = {
+        let injector = injector.clone();
+        tokio::spawn(leader::run_while_leader(
+            leadership,
+            shutdown.clone(),
+            "secret-gc",
+            move |term| injection::run_gc(injector.clone(), settings.clone(), term),
+        ))
+    };
+    vec![refresh, gc]
 }
 
 async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {
