@@ -130,8 +130,11 @@ impl Injector {
             .annotations
             .as_ref()
             .and_then(|a| a.get(INJECTED_ANNOTATION));
-        if already == Some(&hash) {
-            // Reinvocation (reinvocationPolicy: IfNeeded): already injected.
+        // Reinvocation (reinvocationPolicy: IfNeeded): the pod already
+        // carries an injection. Its rewritten env values no longer read
+        // `keyhook:…`, so it is recognised by the annotation with no
+        // reference left to rewrite (or by an equal hash).
+        if already.is_some_and(|a| *a == hash || wanted.env.is_empty()) {
             return Ok(Decision::Unchanged);
         }
         let namespace = request

@@ -479,7 +479,7 @@ mod tests {
             "keyhook_managed_secrets 3",
             r#"keyhook_refresh_total{result="refreshed"} 1"#,
             "keyhook_refresh_lag_seconds_bucket",
-            "keyhook_provider_requests",
+            "keyhook_provider_coalesced_total 0",
         ] {
             assert!(leader.contains(line), "{line} missing from {leader}");
         }
