@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use keyhook::admission::decode_admission;
 use keyhook::clock::{Clock, TokioClock};
-use keyhook::injection::{ClusterSecrets, Injector, ManagedSecret, Reference, SecretBackend, SecretSpec};
+use keyhook::injection::{
+    ClusterSecrets, Injector, ManagedSecret, Reference, SecretBackend, SecretSpec,
+};
 use keyhook::metrics::PodInjectionMetrics;
 use keyhook::metrics::providers::ProviderMetrics;
 use keyhook::providers::{FileCatalog, ProviderSettings, Providers, SecretValue, StoreKind};
@@ -60,7 +62,8 @@ fn injector(client: kube::Client, clock: Arc<dyn Clock>) -> (Injector, Arc<Provi
 }
 
 fn demo_review() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission/pod-inject-demo.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/admission/pod-inject-demo.json");
     std::fs::read_to_string(path).unwrap()
 }
 
@@ -131,19 +134,29 @@ async fn a_fresh_secret_is_reused_without_a_backend_call() {
     scenario(async {
         let (client, mut api) = ApiServerVerifier::new();
         // Ten minutes after the recorded fetch; the store refreshes hourly.
-        let clock = Arc::new(TokioClock::starting_at(FETCHED_AT + Duration::from_secs(600)));
+        let clock = Arc::new(TokioClock::starting_at(
+            FETCHED_AT + Duration::from_secs(600),
+        ));
         let (injector, metrics) = injector(client, clock);
         let review = demo_review();
         let admit = tokio::spawn(async move {
             let request = decode_admission(review.as_bytes()).unwrap();
-            injector.admit(&request, Instant::now() + Duration::from_secs(8)).await
+            injector
+                .admit(&request, Instant::now() + Duration::from_secs(8))
+                .await
         });
-        api.expect("GET", SECRET).await.respond(200, &fixture("secret-keyhook-managed.json"));
+        api.expect("GET", SECRET)
+            .await
+            .respond(200, &fixture("secret-keyhook-managed.json"));
         let response = admit.await.unwrap();
         assert!(response.allowed, "{}", response.result.message);
         assert!(response.patch.is_some());
         api.expect_silence(Duration::from_millis(200)).await;
-        assert_eq!(backend_calls(&metrics), 0, "a fresh Secret needs no backend call");
+        assert_eq!(
+            backend_calls(&metrics),
+            0,
+            "a fresh Secret needs no backend call"
+        );
     })
     .await;
 }
@@ -153,7 +166,10 @@ async fn a_missing_or_stale_secret_is_fetched_and_applied() {
     for (clock_at, existing) in [
         (FETCHED_AT, None),
         // Two hours later the recorded Secret is stale.
-        (FETCHED_AT + Duration::from_secs(7200), Some(fixture("secret-keyhook-managed.json"))),
+        (
+            FETCHED_AT + Duration::from_secs(7200),
+            Some(fixture("secret-keyhook-managed.json")),
+        ),
     ] {
         scenario(async {
             let (client, mut api) = ApiServerVerifier::new();
@@ -161,7 +177,9 @@ async fn a_missing_or_stale_secret_is_fetched_and_applied() {
             let review = demo_review();
             let admit = tokio::spawn(async move {
                 let request = decode_admission(review.as_bytes()).unwrap();
-                injector.admit(&request, Instant::now() + Duration::from_secs(8)).await
+                injector
+                    .admit(&request, Instant::now() + Duration::from_secs(8))
+                    .await
             });
             let get = api.expect("GET", SECRET).await;
             match &existing {
@@ -170,9 +188,16 @@ async fn a_missing_or_stale_secret_is_fetched_and_applied() {
             }
             let apply = api.expect("PATCH", &format!("{SECRET}{APPLY_QUERY}")).await;
             let body = apply.body.clone().unwrap();
-            let fetched_at = body["metadata"]["annotations"]["keyhook.io/fetched-at"].as_str().unwrap();
-            let fetched_at = OffsetDateTime::parse(fetched_at, &time::format_description::well_known::Rfc3339).unwrap();
-            assert!((fetched_at - clock_at).abs() < time::Duration::seconds(5), "{fetched_at}");
+            let fetched_at = body["metadata"]["annotations"]["keyhook.io/fetched-at"]
+                .as_str()
+                .unwrap();
+            let fetched_at =
+                OffsetDateTime::parse(fetched_at, &time::format_description::well_known::Rfc3339)
+                    .unwrap();
+            assert!(
+                (fetched_at - clock_at).abs() < time::Duration::seconds(5),
+                "{fetched_at}"
+            );
             assert_eq!(body["data"], fixture("secret-keyhook-managed.json")["data"]);
             apply.respond(200, &fixture("secret-keyhook-managed.json"));
             let response = admit.await.unwrap();
@@ -218,9 +243,12 @@ async fn listing_managed_secrets_and_injected_pods_for_gc() {
             let secrets = secrets.clone();
             tokio::spawn(async move { secrets.list().await })
         };
-        api.expect("GET", "/api/v1/secrets?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkeyhook")
-            .await
-            .respond(200, &fixture("secret-list-keyhook-managed.json"));
+        api.expect(
+            "GET",
+            "/api/v1/secrets?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkeyhook",
+        )
+        .await
+        .respond(200, &fixture("secret-list-keyhook-managed.json"));
         let listed = listing.await.unwrap().unwrap();
         // The Secret with unreadable annotations is not taken as keyhook's.
         assert_eq!(listed.len(), 1);
@@ -234,17 +262,28 @@ async fn listing_managed_secrets_and_injected_pods_for_gc() {
             tokio::spawn(async move { secrets.in_use().await })
         };
         let pods = api
-            .expect("GET", "/api/v1/pods?&labelSelector=keyhook.io%2Finject%3Dtrue")
+            .expect(
+                "GET",
+                "/api/v1/pods?&labelSelector=keyhook.io%2Finject%3Dtrue",
+            )
             .await;
         pods.respond(200, &fixture("pod-metadata-list-injected.json"));
         let in_use = in_use.await.unwrap().unwrap();
-        assert_eq!(in_use, BTreeSet::from([("shop".to_string(), NAME.to_string())]));
+        assert_eq!(
+            in_use,
+            BTreeSet::from([("shop".to_string(), NAME.to_string())])
+        );
 
         let delete = {
             let secrets = secrets.clone();
             tokio::spawn(async move { secrets.delete("shop", "keyhook-0000000000000000").await })
         };
-        let seen = api.expect("DELETE", "/api/v1/namespaces/shop/secrets/keyhook-0000000000000000?").await;
+        let seen = api
+            .expect(
+                "DELETE",
+                "/api/v1/namespaces/shop/secrets/keyhook-0000000000000000?",
+            )
+            .await;
         seen.respond(404, &not_found("secrets", "keyhook-0000000000000000"));
         delete.await.unwrap().unwrap();
     })

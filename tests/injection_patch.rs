@@ -82,15 +82,23 @@ async fn each_pod_is_patched_into_the_expected_pod() {
         let patch_bytes = response.patch.clone().expect("a patch");
         let patch_text = String::from_utf8(patch_bytes.clone()).unwrap();
         for value in VALUES {
-            assert!(!patch_text.contains(value), "{name}: the patch contains a value");
+            assert!(
+                !patch_text.contains(value),
+                "{name}: the patch contains a value"
+            );
         }
         let patch: json_patch::Patch = serde_json::from_slice(&patch_bytes).unwrap();
-        let mut pod: Value = serde_json::from_str::<Value>(&review).unwrap()["request"]["object"].clone();
+        let mut pod: Value =
+            serde_json::from_str::<Value>(&review).unwrap()["request"]["object"].clone();
         json_patch::patch(&mut pod, &patch).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected: Value =
-            serde_json::from_str(&read(format!("tests/fixtures/admission/{name}.patched.json")))
-                .unwrap();
-        assert_eq!(pod, expected, "{name}: patched pod differs from the expected one");
+        let expected: Value = serde_json::from_str(&read(format!(
+            "tests/fixtures/admission/{name}.patched.json"
+        )))
+        .unwrap();
+        assert_eq!(
+            pod, expected,
+            "{name}: patched pod differs from the expected one"
+        );
 
         // Reinvocation: the patched pod gets no second patch.
         let mut again: Value = serde_json::from_str(&review).unwrap();
@@ -98,7 +106,10 @@ async fn each_pod_is_patched_into_the_expected_pod() {
         let request = decode_admission(again.to_string().as_bytes()).unwrap();
         let response = injector.admit(&request, deadline()).await;
         assert!(response.allowed);
-        assert!(response.patch.is_none(), "{name}: reinvocation patched again");
+        assert!(
+            response.patch.is_none(),
+            "{name}: reinvocation patched again"
+        );
     }
 }
 
@@ -131,11 +142,15 @@ async fn the_secret_file_holds_the_values_under_the_referenced_keys() {
     let response = injector
         .admit(&decode_admission(review.as_bytes()).unwrap(), deadline())
         .await;
-    let mut pod: Value = serde_json::from_str::<Value>(&review).unwrap()["request"]["object"].clone();
+    let mut pod: Value =
+        serde_json::from_str::<Value>(&review).unwrap()["request"]["object"].clone();
     let patch: json_patch::Patch = serde_json::from_slice(&response.patch.unwrap()).unwrap();
     json_patch::patch(&mut pod, &patch).unwrap();
 
-    let secret_name = pod["spec"]["volumes"][1]["secret"]["secretName"].as_str().unwrap().to_string();
+    let secret_name = pod["spec"]["volumes"][1]["secret"]["secretName"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let path = dir.path().join("shop").join(format!("{secret_name}.yaml"));
     #[cfg(unix)]
     {
@@ -165,7 +180,9 @@ async fn the_secret_file_holds_the_values_under_the_referenced_keys() {
     };
     assert_eq!(data[&key_of("DB_PASSWORD")], "demo-db-password");
     assert_eq!(data[&key_of("DB_USER")], "checkout");
-    let file_key = pod["spec"]["volumes"][1]["secret"]["items"][0]["key"].as_str().unwrap();
+    let file_key = pod["spec"]["volumes"][1]["secret"]["items"][0]["key"]
+        .as_str()
+        .unwrap();
     assert!(data[file_key].starts_with("-----BEGIN CERTIFICATE-----"));
     // The manifest is what `kubectl apply` would take: base64 data.
     let text = std::fs::read_to_string(&path).unwrap();

@@ -40,8 +40,16 @@ impl Ref {
 }
 
 fn reference() -> impl Strategy<Value = Ref> {
-    (0..KEYS.len(), proptest::option::of(0..PROPERTIES.len()), any::<bool>())
-        .prop_map(|(key, property, version)| Ref { key, property, version })
+    (
+        0..KEYS.len(),
+        proptest::option::of(0..PROPERTIES.len()),
+        any::<bool>(),
+    )
+        .prop_map(|(key, property, version)| Ref {
+            key,
+            property,
+            version,
+        })
 }
 
 /// One env entry: a plain value, a reference, or a fieldRef.
@@ -56,7 +64,10 @@ fn env_var() -> impl Strategy<Value = Value> {
 
 fn container(prefix: &'static str) -> impl Strategy<Value = (Option<Vec<Value>>, bool)> {
     let _ = prefix;
-    (proptest::option::of(proptest::collection::vec(env_var(), 0..4)), any::<bool>())
+    (
+        proptest::option::of(proptest::collection::vec(env_var(), 0..4)),
+        any::<bool>(),
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +113,9 @@ fn stores_yaml(values: &[String]) -> String {
                     (p.to_string(), Value::String(v))
                 })
                 .collect();
-            data.push(json!({"key": key, "version": version, "value": Value::Object(object).to_string()}));
+            data.push(
+                json!({"key": key, "version": version, "value": Value::Object(object).to_string()}),
+            );
         }
     }
     let store = json!({
@@ -120,14 +133,19 @@ fn pod(case: &Case) -> Value {
         list.iter()
             .enumerate()
             .map(|(c, (env, mounts))| {
-                let mut container = json!({"name": format!("{prefix}{c}"), "image": "busybox:1.36"});
+                let mut container =
+                    json!({"name": format!("{prefix}{c}"), "image": "busybox:1.36"});
                 if let Some(env) = env {
                     let env: Vec<Value> = env
                         .iter()
                         .enumerate()
                         .map(|(i, e)| {
                             let mut e = e.clone();
-                            let name = if e["value"] == "p-explicit" { "p".to_string() } else { format!("VAR{i}") };
+                            let name = if e["value"] == "p-explicit" {
+                                "p".to_string()
+                            } else {
+                                format!("VAR{i}")
+                            };
                             e["name"] = name.into();
                             e
                         })

@@ -2,128 +2,26 @@
 //! behaviour in seconds, against a backend that counts what it sees per
 //! second.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use keyhook::clock::{Clock, TokioClock};
 use keyhook::injection::{
-    Injector, ManagedSecret, Reference, RefreshSettings, SecretBackend, SecretSpec, StorePolicy,
-    ValueSource, run_gc, run_refresh,
+    Injector, ManagedSecret, Reference, RefreshSettings, SecretSpec, run_gc, run_refresh,
 };
 use keyhook::metrics::{Metrics, PodInjectionMetrics};
-use keyhook::providers::{ProviderError, SecretMap, SecretValue, StoreKind, StoreRef};
+use keyhook::providers::StoreKind;
+use support::injection::{CountingBackend, MemorySecrets};
 use time::OffsetDateTime;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const SECRETS: usize = 10_000;
-const INTERVAL: Duration = Duration::from_secs(3600);
-const STORE_QPS: f64 = 200.0;
+const INTERVAL: Duration = support::injection::INTERVAL;
+const STORE_QPS: f64 = support::injection::STORE_QPS;
 const CATCHUP: Duration = Duration::from_secs(60);
-
-/// A backend that answers every key and counts calls per second of tokio time.
-#[derive(Debug)]
-struct CountingBackend {
-    origin: Instant,
-    per_second: Mutex<BTreeMap<u64, u32>>,
-}
-
-impl CountingBackend {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            per_second: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    fn busiest_second(&self) -> (u64, u32) {
-        let counts = self.per_second.lock().unwrap();
-        counts.iter().map(|(s, c)| (*s, *c)).max_by_key(|(_, c)| *c).unwrap_or_default()
-    }
-
-    fn total(&self) -> u64 {
-        self.per_second.lock().unwrap().values().map(|c| u64::from(*c)).sum()
-    }
-}
-
-impl ValueSource for CountingBackend {
-    fn policy(&self, _: &StoreRef, _: &str) -> Result<StorePolicy, ProviderError> {
-        Ok(StorePolicy {
-            refresh_interval: INTERVAL,
-            qps: STORE_QPS,
-            burst: 20,
-        })
-    }
-
-    fn value<'a>(
-        &'a self,
-        _: &'a StoreRef,
-        _: &'a str,
-        _: &'a Reference,
-        _: Instant,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        let second = (Instant::now() - self.origin).as_secs();
-        *self.per_second.lock().unwrap().entry(second).or_default() += 1;
-        async { Ok(SecretValue::from("v")) }.boxed()
-    }
-
-    fn map<'a>(
-        &'a self,
-        _: &'a StoreRef,
-        _: &'a str,
-        _: &'a Reference,
-        _: Instant,
-    ) -> BoxFuture<'a, Result<Arc<SecretMap>, ProviderError>> {
-        async { Ok(Arc::new(SecretMap::new())) }.boxed()
-    }
-}
-
-/// Managed Secrets in memory, with every write's time.
-#[derive(Default)]
-struct MemorySecrets {
-    secrets: Mutex<BTreeMap<(String, String), ManagedSecret>>,
-    writes: Mutex<HashMap<String, Vec<OffsetDateTime>>>,
-    in_use: Mutex<BTreeSet<(String, String)>>,
-}
-
-impl SecretBackend for MemorySecrets {
-    fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
-        let found = self.secrets.lock().unwrap().get(&(namespace.into(), name.into())).cloned();
-        async move { Ok(found) }.boxed()
-    }
-
-    fn apply<'a>(&'a self, secret: &'a ManagedSecret, _: &'a BTreeMap<String, SecretValue>) -> BoxFuture<'a, Result<(), String>> {
-        self.secrets
-            .lock()
-            .unwrap()
-            .insert((secret.namespace.clone(), secret.name.clone()), secret.clone());
-        self.writes
-            .lock()
-            .unwrap()
-            .entry(secret.name.clone())
-            .or_default()
-            .push(secret.fetched_at);
-        async { Ok(()) }.boxed()
-    }
-
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
-        let all = self.secrets.lock().unwrap().values().cloned().collect();
-        async move { Ok(all) }.boxed()
-    }
-
-    fn delete<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        self.secrets.lock().unwrap().remove(&(namespace.into(), name.into()));
-        async { Ok(()) }.boxed()
-    }
-
-    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
-        let in_use = self.in_use.lock().unwrap().clone();
-        async move { Ok(in_use) }.boxed()
-    }
-}
 
 fn secret(i: usize, fetched_at: OffsetDateTime) -> ManagedSecret {
     let spec = SecretSpec {
@@ -141,7 +39,11 @@ fn secret(i: usize, fetched_at: OffsetDateTime) -> ManagedSecret {
     }
 }
 
-fn setup(clock: Arc<dyn Clock>, secrets: Arc<MemorySecrets>, backend: Arc<CountingBackend>) -> Injector {
+fn setup(
+    clock: Arc<dyn Clock>,
+    secrets: Arc<MemorySecrets>,
+    backend: Arc<CountingBackend>,
+) -> Injector {
     Injector::new(backend, secrets, clock, PodInjectionMetrics::default())
 }
 
@@ -149,13 +51,17 @@ fn setup(clock: Arc<dyn Clock>, secrets: Arc<MemorySecrets>, backend: Arc<Counti
 async fn ten_thousand_secrets_through_a_three_hour_outage() {
     let start_wall = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(start_wall));
-    let backend = Arc::new(CountingBackend::new());
+    let backend = Arc::new(CountingBackend::new(Duration::ZERO));
     let secrets = Arc::new(MemorySecrets::default());
     // Steady state: fetches spread over the last hour.
     for i in 0..SECRETS {
         let age = INTERVAL.mul_f64(i as f64 / SECRETS as f64);
         let s = secret(i, start_wall - age);
-        secrets.secrets.lock().unwrap().insert((s.namespace.clone(), s.name.clone()), s);
+        secrets
+            .secrets
+            .lock()
+            .unwrap()
+            .insert((s.namespace.clone(), s.name.clone()), s);
     }
     let injector = setup(clock.clone(), secrets.clone(), backend.clone());
     let settings = RefreshSettings {
@@ -166,10 +72,18 @@ async fn ten_thousand_secrets_through_a_three_hour_outage() {
 
     // Term 1: two hours of leadership.
     let term = CancellationToken::new();
-    let leader = tokio::spawn(run_refresh(injector.clone(), settings.clone(), metrics.secrets.clone(), term.clone()));
+    let leader = tokio::spawn(run_refresh(
+        injector.clone(),
+        settings.clone(),
+        metrics.secrets.clone(),
+        term.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
     let text = metrics.encode().unwrap();
-    assert!(text.contains(&format!("keyhook_managed_secrets {SECRETS}")), "{text}");
+    assert!(
+        text.contains(&format!("keyhook_managed_secrets {SECRETS}")),
+        "{text}"
+    );
     term.cancel();
     leader.await.unwrap();
     // Out of leadership, none of the controller state is exported.
@@ -185,25 +99,39 @@ async fn ten_thousand_secrets_through_a_three_hour_outage() {
 
     // Term 2: the new leader catches up, then keeps the schedule.
     let term = CancellationToken::new();
-    let leader = tokio::spawn(run_refresh(injector.clone(), settings.clone(), metrics.secrets.clone(), term.clone()));
+    let leader = tokio::spawn(run_refresh(
+        injector.clone(),
+        settings.clone(),
+        metrics.secrets.clone(),
+        term.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
     term.cancel();
     leader.await.unwrap();
 
     let (second, busiest) = backend.busiest_second();
-    eprintln!("busiest second {second}: {busiest} calls; {} calls in all", backend.total());
+    eprintln!(
+        "busiest second {second}: {busiest} calls; {} calls in all",
+        backend.total()
+    );
     assert!(
         f64::from(busiest) <= STORE_QPS,
         "second {second} saw {busiest} backend calls; the store allows {STORE_QPS}/s"
     );
-    assert!(backend.total() > before_restart + SECRETS as u64, "term 2 refreshed everything");
+    assert!(
+        backend.total() > before_restart + SECRETS as u64,
+        "term 2 refreshed everything"
+    );
 
     let writes = secrets.writes.lock().unwrap();
     assert_eq!(writes.len(), SECRETS, "every Secret was refreshed");
     let slack = time::Duration::seconds(1);
     for (name, times) in writes.iter() {
         // Caught up within --refresh-catchup of the restart.
-        let first_after = times.iter().find(|t| **t >= restart).expect("refreshed after the restart");
+        let first_after = times
+            .iter()
+            .find(|t| **t >= restart)
+            .expect("refreshed after the restart");
         assert!(
             *first_after <= restart + CATCHUP + slack,
             "{name}: first refresh {} after the restart",
@@ -225,7 +153,10 @@ async fn ten_thousand_secrets_through_a_three_hour_outage() {
     }
     drop(writes);
     let text = metrics.encode().unwrap();
-    assert!(!text.contains("keyhook_refresh_lag_seconds"), "a follower exports no lag");
+    assert!(
+        !text.contains("keyhook_refresh_lag_seconds"),
+        "a follower exports no lag"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,7 +173,11 @@ async fn unreferenced_secrets_are_deleted_after_the_grace() {
         })
         .collect();
     secrets.in_use.lock().unwrap().insert(names[0].clone());
-    let injector = setup(clock, secrets.clone(), Arc::new(CountingBackend::new()));
+    let injector = setup(
+        clock,
+        secrets.clone(),
+        Arc::new(CountingBackend::new(Duration::ZERO)),
+    );
     let settings = RefreshSettings {
         gc_grace: Duration::from_secs(15 * 60),
         ..Default::default()
@@ -259,10 +194,66 @@ async fn unreferenced_secrets_are_deleted_after_the_grace() {
     // 16.5 min: the third, never referenced, is gone; the second was
     // unreferenced again only 4.5 min ago.
     let left: Vec<_> = secrets.secrets.lock().unwrap().keys().cloned().collect();
-    assert_eq!(left, vec![names[0].clone(), names[1].clone()].into_iter().collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        left,
+        vec![names[0].clone(), names[1].clone()]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
     tokio::time::sleep(Duration::from_secs(12 * 60)).await;
     let left: Vec<_> = secrets.secrets.lock().unwrap().keys().cloned().collect();
     assert_eq!(left, vec![names[0].clone()]);
     term.cancel();
     gc.await.unwrap();
+}
+
+/// 100 pods of one workload admitted at once, against a backend answering in
+/// 50 ms: one backend call per distinct key and one Secret write.
+#[tokio::test(start_paused = true)]
+async fn concurrent_admissions_of_a_workload_share_one_write() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(
+        OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap(),
+    ));
+    let backend = Arc::new(CountingBackend::new(Duration::from_millis(50)));
+    let secrets = Arc::new(MemorySecrets::default());
+    let injector = setup(clock, secrets.clone(), backend.clone());
+    let review = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/admission/pod-inject-demo.json"),
+    )
+    .unwrap();
+    let request = keyhook::admission::decode_admission(review.as_bytes()).unwrap();
+    let admissions = (0..100).map(|_| {
+        let injector = injector.clone();
+        let request = request.clone();
+        tokio::spawn(async move {
+            injector
+                .admit(
+                    &request,
+                    tokio::time::Instant::now() + Duration::from_secs(8),
+                )
+                .await
+        })
+    });
+    let responses = futures::future::join_all(admissions).await;
+    let patches: BTreeSet<Vec<u8>> = responses
+        .into_iter()
+        .map(|r| {
+            let r = r.unwrap();
+            assert!(r.allowed, "{}", r.result.message);
+            r.patch.unwrap()
+        })
+        .collect();
+    assert_eq!(patches.len(), 1, "every pod gets the same patch");
+    let per_key = backend.per_key();
+    assert_eq!(per_key.len(), 3, "{per_key:?}");
+    assert!(per_key.values().all(|calls| *calls == 1), "{per_key:?}");
+    let writes = secrets.writes.lock().unwrap();
+    assert_eq!(
+        writes.values().map(Vec::len).sum::<usize>(),
+        1,
+        "one Secret write"
+    );
 }

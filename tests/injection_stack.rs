@@ -11,7 +11,12 @@ use keyhook::server::Mode;
 use serde_json::{Value, json};
 use support::{H2Connection, Running};
 
-const VALUES: &[&str] = &["demo-db-password", "MIIBdemo", "demo-api-token", "demo-ledger-key"];
+const VALUES: &[&str] = &[
+    "demo-db-password",
+    "MIIBdemo",
+    "demo-api-token",
+    "demo-ledger-key",
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -107,7 +112,12 @@ impl Stack {
         };
         namespaces
             .flatten()
-            .flat_map(|ns| std::fs::read_dir(ns.path()).unwrap().flatten().map(|f| f.path()))
+            .flat_map(|ns| {
+                std::fs::read_dir(ns.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| f.path())
+            })
             .collect()
     }
 }
@@ -117,7 +127,9 @@ fn patch_of(response: &Value) -> json_patch::Patch {
     // kube serializes the bytes as a JSON array, which the apiserver's
     // decoder accepts for a `[]byte` as it does a base64 string.
     let bytes: Vec<u8> = match &response["patch"] {
-        Value::String(b64) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
+        Value::String(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
         array => serde_json::from_value(array.clone()).expect("a patch"),
     };
     serde_json::from_slice(&bytes).unwrap()
@@ -146,7 +158,11 @@ async fn dry_run_then_inject_then_reinvocation() {
     let dry_response = stack.admit(&dry).await;
     assert_eq!(dry_response["allowed"], true, "{dry_response}");
     let dry_patch = patch_of(&dry_response);
-    assert!(stack.secret_files().is_empty(), "dry-run wrote {:?}", stack.secret_files());
+    assert!(
+        stack.secret_files().is_empty(),
+        "dry-run wrote {:?}",
+        stack.secret_files()
+    );
 
     let response = stack.admit(&review).await;
     assert_eq!(response["uid"], review["request"]["uid"]);
@@ -157,8 +173,13 @@ async fn dry_run_then_inject_then_reinvocation() {
     assert_eq!(pod, fixture("pod-inject-demo.patched.json"));
     let files = stack.secret_files();
     assert_eq!(files.len(), 1, "{files:?}");
-    let name = pod["metadata"]["annotations"]["keyhook.io/injected"].as_str().unwrap();
-    assert_eq!(files[0], stack.secrets.join(format!("shop/keyhook-{name}.yaml")));
+    let name = pod["metadata"]["annotations"]["keyhook.io/injected"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        files[0],
+        stack.secrets.join(format!("shop/keyhook-{name}.yaml"))
+    );
 
     let mut reinvoked = review.clone();
     reinvoked["request"]["object"] = pod;
@@ -169,11 +190,23 @@ async fn dry_run_then_inject_then_reinvocation() {
     // reqwest (behind admin_get) takes the process-wide rustls provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (_, metrics) = stack.server.admin_get("/metrics").await;
-    assert!(metrics.contains(r#"keyhook_injections_total{result="injected"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"keyhook_injections_total{result="unchanged"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"keyhook_http_request_duration_seconds_count{path="/mutate-pod"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"keyhook_injections_total{result="injected"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"keyhook_injections_total{result="unchanged"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"keyhook_http_request_duration_seconds_count{path="/mutate-pod"} 3"#),
+        "{metrics}"
+    );
     // Standalone, this replica is the leader: it exports controller state.
-    assert!(metrics.contains("# TYPE keyhook_managed_secrets gauge"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE keyhook_managed_secrets gauge"),
+        "{metrics}"
+    );
     stack.server.stop().await;
 }
 
@@ -182,20 +215,36 @@ async fn every_error_names_what_is_wrong_and_no_value() {
     let dir = tempfile::tempdir().unwrap();
     let mut stack = start(dir.path(), &["--request-timeout", "2s"]).await;
 
-    let malformed = demo_with(|pod| pod["spec"]["containers"][0]["env"][2]["value"] = "keyhook:#password".into());
+    let malformed = demo_with(|pod| {
+        pod["spec"]["containers"][0]["env"][2]["value"] = "keyhook:#password".into()
+    });
     let text = message(&stack.admit(&malformed).await);
-    assert!(text.contains("container `app`, env `DB_PASSWORD`"), "{text}");
+    assert!(
+        text.contains("container `app`, env `DB_PASSWORD`"),
+        "{text}"
+    );
     assert!(text.contains("has no key"), "{text}");
 
-    let missing = demo_with(|pod| pod["spec"]["containers"][0]["env"][2]["value"] = "keyhook:prod/nope#password".into());
+    let missing = demo_with(|pod| {
+        pod["spec"]["containers"][0]["env"][2]["value"] = "keyhook:prod/nope#password".into()
+    });
     let text = message(&stack.admit(&missing).await);
-    assert!(text.contains("store `shop/demo`: key `prod/nope` not found"), "{text}");
+    assert!(
+        text.contains("store `shop/demo`: key `prod/nope` not found"),
+        "{text}"
+    );
 
-    let missing_property = demo_with(|pod| pod["spec"]["containers"][0]["env"][2]["value"] = "keyhook:prod/db#pin".into());
+    let missing_property = demo_with(|pod| {
+        pod["spec"]["containers"][0]["env"][2]["value"] = "keyhook:prod/db#pin".into()
+    });
     let text = message(&stack.admit(&missing_property).await);
-    assert!(text.contains("key `prod/db` not found: no property `pin`"), "{text}");
+    assert!(
+        text.contains("key `prod/db` not found: no property `pin`"),
+        "{text}"
+    );
 
-    let no_store = demo_with(|pod| pod["metadata"]["annotations"]["keyhook.io/store"] = "nope".into());
+    let no_store =
+        demo_with(|pod| pod["metadata"]["annotations"]["keyhook.io/store"] = "nope".into());
     let text = message(&stack.admit(&no_store).await);
     assert!(text.contains("SecretStore `shop/nope` not found"), "{text}");
 
@@ -205,21 +254,34 @@ async fn every_error_names_what_is_wrong_and_no_value() {
         annotations.insert("keyhook.io/cluster-store".into(), "shared".into());
     });
     let text = message(&stack.admit(&not_admitted).await);
-    assert!(text.contains("ClusterSecretStore `shared` does not admit namespace `shop`"), "{text}");
+    assert!(
+        text.contains("ClusterSecretStore `shared` does not admit namespace `shop`"),
+        "{text}"
+    );
 
-    let both = demo_with(|pod| pod["metadata"]["annotations"]["keyhook.io/cluster-store"] = "shared".into());
+    let both = demo_with(|pod| {
+        pod["metadata"]["annotations"]["keyhook.io/cluster-store"] = "shared".into()
+    });
     let text = message(&stack.admit(&both).await);
     assert!(text.contains("not both"), "{text}");
 
-    let bad_file = demo_with(|pod| pod["metadata"]["annotations"]["keyhook.io/file.../etc"] = "prod/db#ca".into());
+    let bad_file = demo_with(|pod| {
+        pod["metadata"]["annotations"]["keyhook.io/file.../etc"] = "prod/db#ca".into()
+    });
     let text = message(&stack.admit(&bad_file).await);
-    assert!(text.contains("annotation `keyhook.io/file.../etc`"), "{text}");
+    assert!(
+        text.contains("annotation `keyhook.io/file.../etc`"),
+        "{text}"
+    );
 
     let init = demo_with(|pod| {
         pod["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox", "env": [{"name": "TOKEN", "value": "keyhook:prod/api#token@"}]}]);
     });
     let text = message(&stack.admit(&init).await);
-    assert!(text.contains("init container `setup`, env `TOKEN`"), "{text}");
+    assert!(
+        text.contains("init container `setup`, env `TOKEN`"),
+        "{text}"
+    );
 
     // The backend is down: the fetch is retried until the deadline nears,
     // then the pod is denied naming store and key.
@@ -248,11 +310,19 @@ async fn every_error_names_what_is_wrong_and_no_value() {
     });
     message(&stack.admit(&malformed_allowed).await);
 
-    let bad_on_error = demo_with(|pod| pod["metadata"]["annotations"]["keyhook.io/on-error"] = "maybe".into());
+    let bad_on_error =
+        demo_with(|pod| pod["metadata"]["annotations"]["keyhook.io/on-error"] = "maybe".into());
     let text = message(&stack.admit(&bad_on_error).await);
-    assert!(text.contains("`maybe` is neither `allow` nor `deny`"), "{text}");
+    assert!(
+        text.contains("`maybe` is neither `allow` nor `deny`"),
+        "{text}"
+    );
 
-    assert!(stack.secret_files().is_empty(), "a failed admission wrote {:?}", stack.secret_files());
+    assert!(
+        stack.secret_files().is_empty(),
+        "a failed admission wrote {:?}",
+        stack.secret_files()
+    );
     stack.server.stop().await;
 }
 
@@ -266,11 +336,18 @@ async fn a_write_that_fails_denies_the_pod() {
     let server = Running::start(
         Mode::Standalone,
         &dir.path().join("certs"),
-        &["--stores", stores.to_str().unwrap(), "--secrets-dir", blocked.to_str().unwrap()],
+        &[
+            "--stores",
+            stores.to_str().unwrap(),
+            "--secrets-dir",
+            blocked.to_str().unwrap(),
+        ],
     )
     .await;
     let ca = std::fs::read_to_string(dir.path().join("certs/ca.crt")).unwrap();
-    let mut connection = H2Connection::open(&ca, server.webhook, "keyhook.keyhook.svc").await.unwrap();
+    let mut connection = H2Connection::open(&ca, server.webhook, "keyhook.keyhook.svc")
+        .await
+        .unwrap();
     let (_, body) = connection
         .post("/mutate-pod", &fixture("pod-inject-demo.json").to_string())
         .await

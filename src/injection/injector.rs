@@ -11,11 +11,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::{DynamicObject, admission::AdmissionRequest, admission::AdmissionResponse};
 use tokio::time::Instant;
 
+use super::InjectionError;
 use super::patch::{self, env_from_prefix};
 use super::reference::{INJECTED_ANNOTATION, OnError, PodRequest, SecretSpec, env_name};
 use super::secret::{ManagedSecret, SecretBackend};
 use super::source::ValueSource;
-use super::InjectionError;
 use crate::clock::Clock;
 use crate::metrics::{PodInjectionMetrics, PodInjectionResult};
 use crate::providers::SecretValue;
@@ -81,14 +81,20 @@ impl Injector {
             return AdmissionResponse::from(request);
         };
         let (response, result) = match self.decide(request, object, deadline).await {
-            Ok(Decision::Unchanged) => (AdmissionResponse::from(request), PodInjectionResult::Unchanged),
-            Ok(Decision::Patch(patch)) => match AdmissionResponse::from(request).with_patch(patch) {
-                Ok(response) => (response, PodInjectionResult::Injected),
-                Err(e) => (
-                    AdmissionResponse::from(request).deny(format!("keyhook could not encode its patch: {e}")),
-                    PodInjectionResult::Denied,
-                ),
-            },
+            Ok(Decision::Unchanged) => (
+                AdmissionResponse::from(request),
+                PodInjectionResult::Unchanged,
+            ),
+            Ok(Decision::Patch(patch)) => {
+                match AdmissionResponse::from(request).with_patch(patch) {
+                    Ok(response) => (response, PodInjectionResult::Injected),
+                    Err(e) => (
+                        AdmissionResponse::from(request)
+                            .deny(format!("keyhook could not encode its patch: {e}")),
+                        PodInjectionResult::Denied,
+                    ),
+                }
+            }
             Err((error, OnError::Allow)) if error.is_operational() => {
                 tracing::warn!(uid = %request.uid, %error, "injection failed; admitting unchanged (keyhook.io/on-error: allow)");
                 let mut response = AdmissionResponse::from(request);
@@ -100,8 +106,9 @@ impl Injector {
             Err((error, _)) => {
                 tracing::info!(uid = %request.uid, %error, "pod denied");
                 (
-                    AdmissionResponse::from(request)
-                        .deny(format!("keyhook cannot inject secrets into this pod: {error}")),
+                    AdmissionResponse::from(request).deny(format!(
+                        "keyhook cannot inject secrets into this pod: {error}"
+                    )),
                     PodInjectionResult::Denied,
                 )
             }
@@ -205,7 +212,11 @@ impl Injector {
     }
 
     /// Re-fetches a managed Secret's values and writes them (the refresh loop).
-    pub async fn refresh(&self, secret: &ManagedSecret, deadline: Instant) -> Result<(), InjectionError> {
+    pub async fn refresh(
+        &self,
+        secret: &ManagedSecret,
+        deadline: Instant,
+    ) -> Result<(), InjectionError> {
         self.inner
             .source
             .policy(&secret.spec.store_ref(), &secret.namespace)?;
@@ -318,14 +329,20 @@ impl Inner {
         let values = futures::future::try_join_all(spec.values.iter().map(|reference| {
             let store = &store;
             async move {
-                let value = self.source.value(store, namespace, reference, deadline).await?;
+                let value = self
+                    .source
+                    .value(store, namespace, reference, deadline)
+                    .await?;
                 Ok::<_, InjectionError>((reference.secret_key(), value))
             }
         }));
         let maps = futures::future::try_join_all(spec.maps.iter().map(|reference| {
             let store = &store;
             async move {
-                let map = self.source.map(store, namespace, reference, deadline).await?;
+                let map = self
+                    .source
+                    .map(store, namespace, reference, deadline)
+                    .await?;
                 Ok::<_, InjectionError>((reference, map))
             }
         }));

@@ -41,7 +41,9 @@ pub enum InjectionError {
     #[error(transparent)]
     Provider(#[from] ProviderError),
     /// Two properties of an `env-from` key make the same env var name.
-    #[error("annotation `keyhook.io/env-from`: key `{key}`: properties `{first}` and `{second}` both become the variable `{name}`")]
+    #[error(
+        "annotation `keyhook.io/env-from`: key `{key}`: properties `{first}` and `{second}` both become the variable `{name}`"
+    )]
     EnvCollision {
         /// The key.
         key: String,
@@ -75,7 +77,9 @@ impl InjectionError {
     pub fn is_operational(&self) -> bool {
         !matches!(
             self,
-            InjectionError::NotAPod(_) | InjectionError::Request(_) | InjectionError::EnvCollision { .. }
+            InjectionError::NotAPod(_)
+                | InjectionError::Request(_)
+                | InjectionError::EnvCollision { .. }
         )
     }
 }

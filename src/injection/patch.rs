@@ -18,7 +18,10 @@ pub const VOLUME_NAME: &str = "keyhook-secrets";
 /// The prefix of the Secret keys that hold the properties of one `env-from`
 /// key; the rest of such a Secret key is the env var name.
 pub fn env_from_prefix(reference: &Reference) -> String {
-    format!("env.{}.", &super::digest(reference.to_string().as_bytes())[..8])
+    format!(
+        "env.{}.",
+        &super::digest(reference.to_string().as_bytes())[..8]
+    )
 }
 
 /// Escapes one JSON pointer token (RFC 6901).
@@ -49,7 +52,10 @@ pub fn build(
     let env_from = env_from_vars(request, keys)?;
     let spec = pod.spec.as_ref();
     let lists = [
-        (ContainerList::Init, spec.and_then(|s| s.init_containers.as_deref())),
+        (
+            ContainerList::Init,
+            spec.and_then(|s| s.init_containers.as_deref()),
+        ),
         (ContainerList::App, spec.map(|s| s.containers.as_slice())),
     ];
 
@@ -66,7 +72,8 @@ pub fn build(
             .iter()
             .map(|f| json!({"key": f.reference.secret_key(), "path": f.name}))
             .collect();
-        let volume = json!({"name": VOLUME_NAME, "secret": {"secretName": secret_name, "items": items}});
+        let volume =
+            json!({"name": VOLUME_NAME, "secret": {"secretName": secret_name, "items": items}});
         push_append(&mut ops, "/spec/volumes", volumes.is_some(), volume);
     }
 
@@ -90,7 +97,8 @@ pub fn build(
             }
             if !request.files.is_empty() {
                 check_mount(list, container, &request.mount_path)?;
-                let mount = json!({"name": VOLUME_NAME, "mountPath": request.mount_path, "readOnly": true});
+                let mount =
+                    json!({"name": VOLUME_NAME, "mountPath": request.mount_path, "readOnly": true});
                 push_append(
                     &mut ops,
                     &format!("{base}/volumeMounts"),
@@ -141,7 +149,11 @@ fn env_from_vars(
     Ok(vars.into_iter().map(|(n, (k, _))| (n, k)).collect())
 }
 
-fn check_mount(list: ContainerList, container: &Container, path: &str) -> Result<(), ReferenceError> {
+fn check_mount(
+    list: ContainerList,
+    container: &Container,
+    path: &str,
+) -> Result<(), ReferenceError> {
     let taken = container
         .volume_mounts
         .iter()

@@ -8,7 +8,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::{Deserialize, Serialize};
 
-use crate::providers::{RemoteRef, StoreRef, StoreKind};
+use crate::providers::{RemoteRef, StoreKind, StoreRef};
 
 /// The opt-in label; the webhook's `objectSelector` matches it.
 pub const INJECT_LABEL: &str = "keyhook.io/inject";
@@ -90,7 +90,9 @@ impl Reference {
             ));
         }
         if property.is_some_and(str::is_empty) {
-            return Err(format!("reference `{text}` has an empty property after `#`"));
+            return Err(format!(
+                "reference `{text}` has an empty property after `#`"
+            ));
         }
         if version.is_some_and(str::is_empty) {
             return Err(format!("reference `{text}` has an empty version after `@`"));
@@ -130,7 +132,10 @@ impl Reference {
             .collect();
         let readable = readable.trim_matches('.');
         let readable: String = readable.chars().take(200).collect();
-        format!("{readable}-{}", &super::digest(self.to_string().as_bytes())[..8])
+        format!(
+            "{readable}-{}",
+            &super::digest(self.to_string().as_bytes())[..8]
+        )
     }
 }
 
@@ -197,7 +202,8 @@ mod store_kind {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StoreKind, D::Error> {
         let kind = String::deserialize(d)?;
-        StoreKind::from_kind(&kind).ok_or_else(|| D::Error::custom(format!("unknown store kind `{kind}`")))
+        StoreKind::from_kind(&kind)
+            .ok_or_else(|| D::Error::custom(format!("unknown store kind `{kind}`")))
     }
 }
 
@@ -303,7 +309,10 @@ impl PodRequest {
         let mut env = Vec::new();
         let spec = pod.spec.as_ref();
         let lists = [
-            (ContainerList::Init, spec.and_then(|s| s.init_containers.as_ref())),
+            (
+                ContainerList::Init,
+                spec.and_then(|s| s.init_containers.as_ref()),
+            ),
             (ContainerList::App, spec.map(|s| &s.containers)),
         ];
         for (list, containers) in lists {
@@ -336,7 +345,9 @@ impl PodRequest {
             if !is_file_name(name) {
                 return Err(bad(
                     key,
-                    format!("`{name}` is not a valid file name (letters, digits, `-`, `_`, `.`; not `.` or `..`)"),
+                    format!(
+                        "`{name}` is not a valid file name (letters, digits, `-`, `_`, `.`; not `.` or `..`)"
+                    ),
                 ));
             }
             let reference = Reference::parse(value).map_err(|r| bad(key, r))?;
@@ -364,7 +375,9 @@ impl PodRequest {
             (Some(_), Some(_)) => {
                 return Err(bad(
                     STORE_ANNOTATION,
-                    format!("set either `{STORE_ANNOTATION}` or `{CLUSTER_STORE_ANNOTATION}`, not both"),
+                    format!(
+                        "set either `{STORE_ANNOTATION}` or `{CLUSTER_STORE_ANNOTATION}`, not both"
+                    ),
                 ));
             }
             (Some(name), None) => (StoreKind::SecretStore, name),
@@ -372,7 +385,9 @@ impl PodRequest {
             (None, None) if asks => {
                 return Err(bad(
                     STORE_ANNOTATION,
-                    format!("the pod references secrets but names no store: set `{STORE_ANNOTATION}` (a SecretStore in its namespace) or `{CLUSTER_STORE_ANNOTATION}`"),
+                    format!(
+                        "the pod references secrets but names no store: set `{STORE_ANNOTATION}` (a SecretStore in its namespace) or `{CLUSTER_STORE_ANNOTATION}`"
+                    ),
                 ));
             }
             (None, None) => return Ok(None),
@@ -413,7 +428,11 @@ fn env_references(
 ) -> Result<Vec<EnvReference>, ReferenceError> {
     let mut found = Vec::new();
     for (index, var) in container.env.iter().flatten().enumerate() {
-        let Some(text) = var.value.as_deref().and_then(|v| v.strip_prefix(VALUE_PREFIX)) else {
+        let Some(text) = var
+            .value
+            .as_deref()
+            .and_then(|v| v.strip_prefix(VALUE_PREFIX))
+        else {
             continue;
         };
         let reference = Reference::parse(text).map_err(|reason| ReferenceError::EnvValue {
@@ -448,7 +467,13 @@ fn is_file_name(name: &str) -> bool {
 pub fn env_name(property: &str) -> String {
     let mut name: String = property
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         name.insert(0, '_');

@@ -122,7 +122,9 @@ pub async fn run_refresh(
                     for (id, due) in added {
                         queue.push(Reverse((due, id)));
                     }
-                    metrics.managed.set(i64::try_from(schedule.len()).unwrap_or(i64::MAX));
+                    metrics
+                        .managed
+                        .set(i64::try_from(schedule.len()).unwrap_or(i64::MAX));
                     first_scan = false;
                     next_scan = Instant::now() + settings.rescan;
                 }
@@ -167,7 +169,8 @@ pub async fn run_refresh(
             }
             entry.running = true;
             let secret = entry.secret.clone();
-            let requests = u32::try_from(secret.spec.values.len() + secret.spec.maps.len()).unwrap_or(u32::MAX);
+            let requests = u32::try_from(secret.spec.values.len() + secret.spec.maps.len())
+                .unwrap_or(u32::MAX);
             let store = store_id(&secret);
             let qps = injector
                 .source()
@@ -195,7 +198,9 @@ pub async fn run_refresh(
                 let ok = match injector.refresh(&secret, deadline).await {
                     Ok(()) => {
                         metrics.record_refresh(RefreshResult::Refreshed);
-                        metrics.lag.observe(start.saturating_duration_since(due).as_secs_f64());
+                        metrics
+                            .lag
+                            .observe(start.saturating_duration_since(due).as_secs_f64());
                         true
                     }
                     Err(error) => {
@@ -258,7 +263,11 @@ fn merge(
     // Overdue Secrets, oldest first, spread over the catch-up window (at
     // term start) or over one rescan period (found later).
     overdue.sort();
-    let window = if catch_up { settings.catchup } else { settings.rescan };
+    let window = if catch_up {
+        settings.catchup
+    } else {
+        settings.rescan
+    };
     let n = u32::try_from(overdue.len()).unwrap_or(u32::MAX);
     for (i, (_, id)) in overdue.into_iter().enumerate() {
         let i = u32::try_from(i).unwrap_or(u32::MAX);
@@ -275,11 +284,17 @@ fn interval(injector: &Injector, secret: &ManagedSecret) -> Duration {
     injector
         .source()
         .policy(&secret.spec.store_ref(), &secret.namespace)
-        .map_or(super::source::DEFAULT_REFRESH_INTERVAL, |p| p.refresh_interval)
+        .map_or(super::source::DEFAULT_REFRESH_INTERVAL, |p| {
+            p.refresh_interval
+        })
 }
 
 /// The time until the next refresh after one that just happened.
-fn next_interval(injector: &Injector, settings: &RefreshSettings, secret: &ManagedSecret) -> Duration {
+fn next_interval(
+    injector: &Injector,
+    settings: &RefreshSettings,
+    secret: &ManagedSecret,
+) -> Duration {
     let jitter = settings.jitter.clamp(0.0, 0.5);
     interval(injector, secret).mul_f64(1.0 - jitter * 2.0 * fastrand::f64())
 }
@@ -306,7 +321,8 @@ fn retry_after(injector: &Injector, secret: &ManagedSecret) -> Duration {
 }
 
 fn store_id(secret: &ManagedSecret) -> StoreId {
-    let namespace = (secret.spec.store_kind == StoreKind::SecretStore).then(|| secret.namespace.clone());
+    let namespace =
+        (secret.spec.store_kind == StoreKind::SecretStore).then(|| secret.namespace.clone());
     (secret.spec.store_kind, namespace, secret.spec.store.clone())
 }
 
@@ -336,10 +352,8 @@ async fn gc_pass(
         }
     };
     let now = Instant::now();
-    let ids: std::collections::HashSet<SecretId> = managed
-        .into_iter()
-        .map(|s| (s.namespace, s.name))
-        .collect();
+    let ids: std::collections::HashSet<SecretId> =
+        managed.into_iter().map(|s| (s.namespace, s.name)).collect();
     unreferenced_since.retain(|id, _| ids.contains(id) && !in_use.contains(id));
     for id in ids {
         if in_use.contains(&id) {

@@ -67,7 +67,8 @@ pub trait SecretBackend: Send + Sync + 'static {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>>;
 
     /// Deletes a managed Secret (absent is fine).
-    fn delete<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn delete<'a>(&'a self, namespace: &'a str, name: &'a str)
+    -> BoxFuture<'a, Result<(), String>>;
 
     /// `(namespace, name)` of every managed Secret an existing pod uses.
     fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>>;
@@ -113,7 +114,8 @@ pub fn record(secret: &Secret) -> Option<ManagedSecret> {
     }
     let annotations = meta.annotations.as_ref()?;
     let spec = serde_json::from_str(annotations.get(REFERENCES_ANNOTATION)?).ok()?;
-    let fetched_at = OffsetDateTime::parse(annotations.get(FETCHED_AT_ANNOTATION)?, &Rfc3339).ok()?;
+    let fetched_at =
+        OffsetDateTime::parse(annotations.get(FETCHED_AT_ANNOTATION)?, &Rfc3339).ok()?;
     let keys = secret
         .data
         .iter()
@@ -196,7 +198,8 @@ impl SecretBackend for ClusterSecrets {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
         async move {
             let api: Api<Secret> = Api::all(self.client.clone());
-            let params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+            let params =
+                ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
             let list = api
                 .list(&params)
                 .await
@@ -206,7 +209,11 @@ impl SecretBackend for ClusterSecrets {
         .boxed()
     }
 
-    fn delete<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
         async move {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
             match api.delete(name, &DeleteParams::default()).await {
@@ -230,7 +237,11 @@ impl SecretBackend for ClusterSecrets {
                 .items
                 .iter()
                 .filter_map(|pod| {
-                    let hash = pod.metadata.annotations.as_ref()?.get(INJECTED_ANNOTATION)?;
+                    let hash = pod
+                        .metadata
+                        .annotations
+                        .as_ref()?
+                        .get(INJECTED_ANNOTATION)?;
                     Some((pod.metadata.namespace.clone()?, format!("keyhook-{hash}")))
                 })
                 .collect())
@@ -304,8 +315,12 @@ impl SecretBackend for FileSecrets {
     ) -> BoxFuture<'a, Result<(), String>> {
         let path = self.path(&secret.namespace, &secret.name);
         async move {
-            let text = serde_saphyr::to_string(&manifest(secret, data))
-                .map_err(|e| format!("serializing Secret {}/{}: {e}", secret.namespace, secret.name))?;
+            let text = serde_saphyr::to_string(&manifest(secret, data)).map_err(|e| {
+                format!(
+                    "serializing Secret {}/{}: {e}",
+                    secret.namespace, secret.name
+                )
+            })?;
             let written = tokio::task::spawn_blocking({
                 let path = path.clone();
                 move || write_private(&path, &text)
@@ -335,7 +350,9 @@ impl SecretBackend for FileSecrets {
                         match Self::read(&path) {
                             Ok(Some(secret)) => found.extend(record(&secret)),
                             Ok(None) => {}
-                            Err(e) => tracing::warn!(error = %e, "skipping an unreadable Secret file"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "skipping an unreadable Secret file")
+                            }
                         }
                     }
                 }
@@ -345,7 +362,11 @@ impl SecretBackend for FileSecrets {
         .boxed()
     }
 
-    fn delete<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
         let path = self.path(namespace, name);
         async move {
             match std::fs::remove_file(&path) {

@@ -418,7 +418,9 @@ impl SecretControllerMetrics {
 
     /// Counts one refresh.
     pub fn record_refresh(&self, result: RefreshResult) {
-        self.refreshes.get_or_create(&RefreshLabels { result }).inc();
+        self.refreshes
+            .get_or_create(&RefreshLabels { result })
+            .inc();
     }
 }
 
@@ -470,7 +472,11 @@ mod tests {
             follower.contains(r#"keyhook_injections_total{result="injected"} 1"#),
             "{follower}"
         );
-        for name in ["keyhook_managed_secrets", "keyhook_refresh_total", "keyhook_refresh_lag_seconds"] {
+        for name in [
+            "keyhook_managed_secrets",
+            "keyhook_refresh_total",
+            "keyhook_refresh_lag_seconds",
+        ] {
             assert!(!follower.contains(name), "a follower exports {name}");
         }
         metrics.secrets.set_exporting(true);

@@ -223,8 +223,8 @@ impl Server {
             max_body: args.max_body,
             request_timeout: args.request_timeout,
         };
-        let router = routes::webhook_router(settings, metrics.http.clone())
-            .layer(axum::Extension(injector));
+        let router =
+            routes::webhook_router(settings, metrics.http.clone()).layer(axum::Extension(injector));
         let tls = listener::tls_config(serving)?;
         let drained = listener::serve_tls(
             webhook,
@@ -286,7 +286,10 @@ fn build_injector(
                 None => Arc::new(FileCatalog::from_yaml("").map_err(stores_error)?),
             };
             let secrets = FileSecrets::new(args.injection.secrets_dir.clone());
-            (catalog as Arc<dyn StoreCatalog>, Arc::new(secrets) as Arc<dyn SecretBackend>)
+            (
+                catalog as Arc<dyn StoreCatalog>,
+                Arc::new(secrets) as Arc<dyn SecretBackend>,
+            )
         }
     };
     let providers = Providers::new(settings, catalog, metrics.providers.clone());
@@ -313,12 +316,15 @@ fn spawn_secret_loops(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let settings = args.injection.refresh_settings();
     let refresh = {
-        let (injector, settings, secrets) = (injector.clone(), settings.clone(), metrics.secrets.clone());
+        let (injector, settings, secrets) =
+            (injector.clone(), settings.clone(), metrics.secrets.clone());
         tokio::spawn(leader::run_while_leader(
             leadership.clone(),
             shutdown.clone(),
             "secret-refresh",
-            move |term| injection::run_refresh(injector.clone(), settings.clone(), secrets.clone(), term),
+            move |term| {
+                injection::run_refresh(injector.clone(), settings.clone(), secrets.clone(), term)
+            },
         ))
     };
     let gc = {
