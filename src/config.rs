@@ -427,6 +427,40 @@ mod tests {
     }
 
     #[test]
+    fn injection_flags_have_their_defaults_and_name_themselves_when_wrong() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            injection: InjectionArgs,
+        }
+        let defaults = Flags::try_parse_from(["keyhook"]).unwrap().injection;
+        assert_eq!(defaults.secrets_dir, PathBuf::from("./secrets"));
+        let settings = defaults.refresh_settings();
+        assert_eq!(settings.jitter, 0.1);
+        assert_eq!(settings.catchup, Duration::from_secs(60));
+        assert_eq!(settings.gc_grace, Duration::from_secs(15 * 60));
+        let set =
+            Flags::try_parse_from(["keyhook", "--refresh-jitter", "0.25", "--gc-grace", "1h"])
+                .unwrap()
+                .injection;
+        assert_eq!(set.refresh_jitter, 0.25);
+        assert_eq!(set.gc_grace, Duration::from_secs(3600));
+        for (flag, value) in [
+            ("--refresh-jitter", "60%"),
+            ("--refresh-jitter", "lots"),
+            ("--refresh-catchup", "0s"),
+            ("--gc-grace", "soon"),
+        ] {
+            let error = Flags::try_parse_from(["keyhook", flag, value])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} accepted"))
+                .to_string();
+            assert!(error.contains(flag), "{error}");
+        }
+    }
+
+    #[test]
     fn service_names_follow_kubernetes_rules() {
         assert!(parse_dns_label("keyhook").is_ok());
         assert!(parse_dns_label("Keyhook").is_err());

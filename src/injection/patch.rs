@@ -1,5 +1,16 @@
 //! The pod rewrite: a JSON patch from a pod, its [`PodRequest`] and the keys
 //! of its managed Secret. Pure; the patch names Secret keys, never values.
+//!
+//! - `value: keyhook:…` becomes `valueFrom.secretKeyRef` in place (the path
+//!   names `initContainers` or `containers`, whichever holds it);
+//! - each property of an `env-from` key becomes one variable with a
+//!   `secretKeyRef`, appended to every container that does not set it
+//!   itself (as `envFrom` would let an explicit variable win). An
+//!   `envFrom.secretRef` would also export the Secret's other keys — the
+//!   pod's single values and file contents — to every container;
+//! - files become one `secret` volume with `items` and a read-only mount in
+//!   every container;
+//! - `keyhook.io/injected: <hash>` marks the pod for reinvocation.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -13,6 +13,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -63,7 +64,8 @@ pub trait SecretBackend: Send + Sync + 'static {
         data: &'a BTreeMap<String, SecretValue>,
     ) -> BoxFuture<'a, Result<(), String>>;
 
-    /// Every managed Secret.
+    /// Every managed Secret; `keys` may be left empty (the loops that list
+    /// need references and fetch times, not data).
     fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>>;
 
     /// Deletes a managed Secret (absent is fine).
@@ -103,7 +105,19 @@ pub fn manifest(secret: &ManagedSecret, data: &BTreeMap<String, SecretValue>) ->
 /// Reads a managed Secret's record back; `None` when it is not keyhook's or
 /// its annotations are unreadable (it is then rewritten on next use).
 pub fn record(secret: &Secret) -> Option<ManagedSecret> {
-    let meta = &secret.metadata;
+    let mut found = record_from_meta(&secret.metadata)?;
+    found.keys = secret
+        .data
+        .iter()
+        .flat_map(|d| d.keys())
+        .chain(secret.string_data.iter().flat_map(|d| d.keys()))
+        .cloned()
+        .collect();
+    Some(found)
+}
+
+/// The record of a managed Secret from its metadata alone (`keys` empty).
+fn record_from_meta(meta: &ObjectMeta) -> Option<ManagedSecret> {
     let managed = meta
         .labels
         .as_ref()
@@ -116,19 +130,12 @@ pub fn record(secret: &Secret) -> Option<ManagedSecret> {
     let spec = serde_json::from_str(annotations.get(REFERENCES_ANNOTATION)?).ok()?;
     let fetched_at =
         OffsetDateTime::parse(annotations.get(FETCHED_AT_ANNOTATION)?, &Rfc3339).ok()?;
-    let keys = secret
-        .data
-        .iter()
-        .flat_map(|d| d.keys())
-        .chain(secret.string_data.iter().flat_map(|d| d.keys()))
-        .cloned()
-        .collect();
     Some(ManagedSecret {
         namespace: meta.namespace.clone()?,
         name: meta.name.clone()?,
         spec,
         fetched_at,
-        keys,
+        keys: BTreeSet::new(),
     })
 }
 
@@ -197,14 +204,19 @@ impl SecretBackend for ClusterSecrets {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
         async move {
+            // Metadata only: refresh and GC never need the values.
             let api: Api<Secret> = Api::all(self.client.clone());
             let params =
                 ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
             let list = api
-                .list(&params)
+                .list_metadata(&params)
                 .await
                 .map_err(|e| format!("listing managed Secrets: {e}"))?;
-            Ok(list.items.iter().filter_map(record).collect())
+            Ok(list
+                .items
+                .iter()
+                .filter_map(|s| record_from_meta(&s.metadata))
+                .collect())
         }
         .boxed()
     }
@@ -269,7 +281,11 @@ impl FileSecrets {
     }
 
     fn read(path: &Path) -> Result<Option<Secret>, String> {
-        match std::fs::read_to_string(path) {
+        Self::parse(path, std::fs::read_to_string(path))
+    }
+
+    fn parse(path: &Path, text: std::io::Result<String>) -> Result<Option<Secret>, String> {
+        match text {
             Ok(text) => serde_saphyr::from_str(&text)
                 .map(Some)
                 .map_err(|e| format!("{}: {e}", path.display())),
@@ -305,7 +321,11 @@ impl SecretBackend for FileSecrets {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
         let path = self.path(namespace, name);
-        async move { Ok(Self::read(&path)?.as_ref().and_then(record)) }.boxed()
+        async move {
+            let text = tokio::fs::read_to_string(&path).await;
+            Ok(Self::parse(&path, text)?.as_ref().and_then(record))
+        }
+        .boxed()
     }
 
     fn apply<'a>(

@@ -93,6 +93,7 @@ pub struct Server {
     serving: Arc<ServingCert>,
     client: Option<kube::Client>,
     injector: Injector,
+    stores_synced: Option<Arc<dyn health::ReadinessCheck>>,
     webhook: TcpListener,
     health: TcpListener,
 }
@@ -135,7 +136,7 @@ impl Server {
                 }
             }
         }
-        let injector = build_injector(&args, client.as_ref(), &metrics)?;
+        let (injector, stores_synced) = build_injector(&args, client.as_ref(), &metrics)?;
         let webhook = bind(args.webhook_addr, "--webhook-addr").await?;
         let health = bind(args.health_addr, "--health-addr").await?;
         Ok(Self {
@@ -145,6 +146,7 @@ impl Server {
             serving,
             client,
             injector,
+            stores_synced,
             webhook,
             health,
         })
@@ -170,6 +172,7 @@ impl Server {
             serving,
             client,
             injector,
+            stores_synced,
             webhook,
             health,
         } = self;
@@ -210,6 +213,9 @@ impl Server {
         let mut readiness = Readiness::new(serving.clone(), shutdown.clone());
         if let Some(cluster) = &cluster {
             readiness = readiness.with_check(cluster.readiness.clone());
+        }
+        if let Some(stores_synced) = stores_synced {
+            readiness = readiness.with_check(stores_synced);
         }
         let admin = health::router(readiness, metrics.clone());
         let admin_stop = background.clone();
@@ -262,17 +268,32 @@ impl Server {
 /// The pod injector: the provider layer over the `--stores` file
 /// (standalone) or the cluster's stores, writing Secrets to `--secrets-dir`
 /// or to the cluster.
+/// In a cluster, also a readiness check that passes once the store
+/// reflectors have listed everything (before that, every store would look
+/// absent and every injecting pod would be denied).
 fn build_injector(
     args: &ServeArgs,
     client: Option<&kube::Client>,
     metrics: &Metrics,
-) -> Result<Injector, Error> {
+) -> Result<(Injector, Option<Arc<dyn health::ReadinessCheck>>), Error> {
     let settings = args.providers.settings();
+    let mut synced = None;
     let (catalog, secrets): (Arc<dyn StoreCatalog>, Arc<dyn SecretBackend>) = match client {
-        Some(client) => (
-            Arc::new(ClusterCatalog::start(client.clone())),
-            Arc::new(ClusterSecrets::new(client.clone())),
-        ),
+        Some(client) => {
+            let catalog = Arc::new(ClusterCatalog::start(client.clone()));
+            let check = StoresSynced::default();
+            let flag = check.0.clone();
+            let watched = Arc::clone(&catalog);
+            tokio::spawn(async move {
+                watched.ready().await;
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            synced = Some(Arc::new(check) as Arc<dyn health::ReadinessCheck>);
+            (
+                catalog as Arc<dyn StoreCatalog>,
+                Arc::new(ClusterSecrets::new(client.clone())) as Arc<dyn SecretBackend>,
+            )
+        }
         None => {
             let catalog = match &settings.stores_file {
                 Some(path) => {
@@ -293,12 +314,32 @@ fn build_injector(
         }
     };
     let providers = Providers::new(settings, catalog, metrics.providers.clone());
-    Ok(Injector::new(
+    let injector = Injector::new(
         Arc::new(providers),
         secrets,
         Arc::new(SystemClock),
         metrics.injections.clone(),
-    ))
+    );
+    Ok((injector, synced))
+}
+
+/// `/readyz` check: the cluster's stores have been listed.
+#[derive(Debug, Default)]
+struct StoresSynced(Arc<std::sync::atomic::AtomicBool>);
+
+impl health::ReadinessCheck for StoresSynced {
+    fn checks(&self, _now: i64) -> Vec<certs::Check> {
+        let ok = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        vec![certs::Check {
+            name: "stores-synced",
+            ok,
+            detail: if ok {
+                "SecretStores, ClusterSecretStores, Namespaces and Secrets listed".into()
+            } else {
+                "waiting for the first list of SecretStores, ClusterSecretStores, Namespaces and Secrets".into()
+            },
+        }]
+    }
 }
 
 fn stores_error(errors: Vec<crate::providers::ProviderError>) -> Error {
