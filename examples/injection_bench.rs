@@ -204,7 +204,8 @@ async fn main() {
         panic!("keyhook did not come up on {webhook}");
     };
 
-    // Count Secret writes: each is a rename of a temporary file onto `<name>.yaml`.
+    // Count Secret writes: each is a rename of a temporary file onto
+    // `<name>.yaml` (inotify reports it as From, To and Both; count To).
     let writes = Arc::new(AtomicUsize::new(0));
     let counted = writes.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -213,8 +214,6 @@ async fn main() {
                 event.kind,
                 notify::EventKind::Modify(notify::event::ModifyKind::Name(
                     notify::event::RenameMode::To
-                )) | notify::EventKind::Modify(notify::event::ModifyKind::Name(
-                    notify::event::RenameMode::Both
                 ))
             );
             if renamed

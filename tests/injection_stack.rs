@@ -29,6 +29,11 @@ fn fixture(name: &str) -> Value {
 
 /// examples/stores.yaml plus a Vault store whose server is down.
 fn stores(dir: &Path) -> PathBuf {
+    stores_with(dir, "")
+}
+
+/// [`stores`] plus `extra` documents.
+fn stores_with(dir: &Path, extra: &str) -> PathBuf {
     let mut text = std::fs::read_to_string(root().join("examples/stores.yaml")).unwrap();
     text.push_str(
         r#"---
@@ -57,6 +62,7 @@ stringData:
   token: placeholder
 "#,
     );
+    text.push_str(extra);
     let path = dir.join("stores.yaml");
     std::fs::write(&path, text).unwrap();
     path
@@ -69,7 +75,10 @@ struct Stack {
 }
 
 async fn start(dir: &Path, extra: &[&str]) -> Stack {
-    let stores = stores(dir);
+    start_with(dir, extra, stores(dir)).await
+}
+
+async fn start_with(dir: &Path, extra: &[&str], stores: PathBuf) -> Stack {
     let secrets = dir.join("secrets");
     let mut flags = vec![
         "--stores",
@@ -366,5 +375,51 @@ async fn a_pod_that_asks_for_nothing_is_admitted_unchanged() {
     let response = stack.admit(&fixture("pod-create-deployment.json")).await;
     assert_eq!(response["allowed"], true);
     assert!(response.get("patch").is_none());
+    stack.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_denied_read_names_store_key_and_reason() {
+    use std::sync::atomic::Ordering;
+    use support::backends::{Connect, ConnectState, item, secret_doc};
+
+    let vault = "vaultbbbbbbbbbbbbbbbbbbbbb";
+    let mut state = ConnectState {
+        token: "connect-token".into(),
+        vaults: vec![(vault.into(), "prod".into())],
+        ..Default::default()
+    };
+    state.items.insert(
+        vault.into(),
+        vec![item(
+            "itemaaaaaaaaaaaaaaaaaaaaaa",
+            "db",
+            vault,
+            &[("password", "op-db-password")],
+        )],
+    );
+    // Connect answers item reads with 403, as for a token without access to the vault.
+    state.fail_status.store(403, Ordering::Relaxed);
+    state.fail_next.store(u32::MAX, Ordering::Relaxed);
+    let connect = Connect::start(state).await;
+    let extra = format!(
+        "---\n{}---\napiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: op\n  namespace: shop\nspec:\n  provider:\n    onepassword:\n      connectHost: {}\n      vaults:\n        prod: 1\n      auth:\n        secretRef:\n          connectTokenSecretRef:\n            name: connect-token\n            key: token\n",
+        secret_doc("shop", "connect-token", &[("token", "connect-token")]),
+        connect.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let stores = stores_with(dir.path(), &extra);
+    let mut stack = start_with(dir.path(), &[], stores).await;
+    let denied = demo_with(|pod| {
+        pod["metadata"]["annotations"] = json!({"keyhook.io/store": "op"});
+        pod["spec"]["containers"][0]["env"][2]["value"] = "keyhook:db#password".into();
+        pod["spec"]["containers"][0]["env"][1]["value"] = "plain".into();
+    });
+    let text = message(&stack.admit(&denied).await);
+    assert!(
+        text.contains("store `shop/op`: permission denied for key `db`"),
+        "{text}"
+    );
+    assert!(!text.contains("op-db-password"), "{text}");
     stack.server.stop().await;
 }

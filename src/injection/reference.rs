@@ -2,7 +2,6 @@
 //! `keyhook:<key>[#<property>][@<version>]` env values, parsed into a
 //! [`PodRequest`] without any I/O.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -479,11 +478,6 @@ pub fn env_name(property: &str) -> String {
         name.insert(0, '_');
     }
     name
-}
-
-/// The annotations of a pod, for callers that only need one.
-pub fn annotations(pod: &Pod) -> BTreeMap<String, String> {
-    pod.metadata.annotations.clone().unwrap_or_default()
 }
 
 #[cfg(test)]
