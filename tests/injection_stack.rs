@@ -133,14 +133,10 @@ impl Stack {
 
 fn patch_of(response: &Value) -> json_patch::Patch {
     assert_eq!(response["patchType"], "JSONPatch", "{response}");
-    // kube serializes the bytes as a JSON array, which the apiserver's
-    // decoder accepts for a `[]byte` as it does a base64 string.
-    let bytes: Vec<u8> = match &response["patch"] {
-        Value::String(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap(),
-        array => serde_json::from_value(array.clone()).expect("a patch"),
-    };
+    // The API's form of a `[]byte`: a base64 string.
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().expect("a base64 patch"))
+        .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
 

@@ -70,7 +70,7 @@ async fn mutate_pod(
         }
     })
     .await;
-    Ok(Json(response.into_review()).into_response())
+    Ok(Json(admission::admission_review_json(response)).into_response())
 }
 
 async fn unknown_path(request: Request) -> Response {
