@@ -241,7 +241,8 @@ mod tests {
 
     #[test]
     fn a_patch_is_answered_as_base64() {
-        let request = decode_admission(POD_REVIEW.as_bytes()).unwrap();
+        let request: AdmissionRequest<DynamicObject> =
+            decode_admission(POD_REVIEW.as_bytes()).unwrap();
         let patch: json_patch::Patch =
             serde_json::from_str(r#"[{"op":"add","path":"/metadata/annotations/a","value":"b"}]"#)
                 .unwrap();
