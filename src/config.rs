@@ -41,6 +41,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub providers: ProviderArgs,
 
+    #[command(flatten)]
+    pub injection: InjectionArgs,
+
     /// Largest request body accepted (e.g. `8MiB`); larger bodies get HTTP 413.
     #[arg(long, env = "KEYHOOK_MAX_BODY", default_value = "8MiB", value_name = "SIZE", value_parser = parse_byte_size)]
     pub max_body: usize,
@@ -153,6 +156,63 @@ impl ProviderArgs {
             stores_file: self.stores.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// Settings of pod secret injection and the leader's refresh and GC loops.
+#[derive(Debug, Clone, Args)]
+pub struct InjectionArgs {
+    /// Standalone only: directory the managed Secrets are written to, as `<namespace>/<name>.yaml` (mode 0600).
+    #[arg(
+        long,
+        env = "KEYHOOK_SECRETS_DIR",
+        default_value = "./secrets",
+        value_name = "DIR"
+    )]
+    pub secrets_dir: PathBuf,
+
+    /// Spread of refresh times, as a percentage of a store's refresh interval (e.g. `10%`).
+    #[arg(long, env = "KEYHOOK_REFRESH_JITTER", default_value = "10%", value_name = "PERCENT", value_parser = parse_jitter)]
+    pub refresh_jitter: f64,
+
+    /// Window over which Secrets overdue for refresh (after an outage or a restart) are spread.
+    #[arg(long, env = "KEYHOOK_REFRESH_CATCHUP", default_value = "1m", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub refresh_catchup: Duration,
+
+    /// How long a managed Secret no pod references is kept before it is deleted.
+    #[arg(long, env = "KEYHOOK_GC_GRACE", default_value = "15m", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_grace: Duration,
+}
+
+impl InjectionArgs {
+    /// The leader loops' settings these flags describe.
+    pub fn refresh_settings(&self) -> crate::injection::RefreshSettings {
+        crate::injection::RefreshSettings {
+            jitter: self.refresh_jitter,
+            catchup: self.refresh_catchup,
+            gc_grace: self.gc_grace,
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses `10%` (or `0.1`) into a fraction in `[0, 0.5]`.
+fn parse_jitter(value: &str) -> Result<f64, String> {
+    let trimmed = value.trim();
+    let fraction = match trimmed.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+        None => trimmed.parse::<f64>(),
+    };
+    match fraction {
+        Ok(f) if (0.0..=0.5).contains(&f) => Ok(f),
+        _ => Err("must be a percentage from 0% to 50%, e.g. `10%`".into()),
+    }
+}
+
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        d if d.is_zero() => Err("must be more than 0s".into()),
+        d => Ok(d),
     }
 }
 
@@ -366,6 +426,40 @@ mod tests {
         );
         assert!(parse_byte_size("0").unwrap_err().contains("more than 0"));
         assert!(parse_duration("soon").unwrap_err().contains("expected"));
+    }
+
+    #[test]
+    fn injection_flags_have_their_defaults_and_name_themselves_when_wrong() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            injection: InjectionArgs,
+        }
+        let defaults = Flags::try_parse_from(["keyhook"]).unwrap().injection;
+        assert_eq!(defaults.secrets_dir, PathBuf::from("./secrets"));
+        let settings = defaults.refresh_settings();
+        assert_eq!(settings.jitter, 0.1);
+        assert_eq!(settings.catchup, Duration::from_secs(60));
+        assert_eq!(settings.gc_grace, Duration::from_secs(15 * 60));
+        let set =
+            Flags::try_parse_from(["keyhook", "--refresh-jitter", "0.25", "--gc-grace", "1h"])
+                .unwrap()
+                .injection;
+        assert_eq!(set.refresh_jitter, 0.25);
+        assert_eq!(set.gc_grace, Duration::from_secs(3600));
+        for (flag, value) in [
+            ("--refresh-jitter", "60%"),
+            ("--refresh-jitter", "lots"),
+            ("--refresh-catchup", "0s"),
+            ("--gc-grace", "soon"),
+        ] {
+            let error = Flags::try_parse_from(["keyhook", flag, value])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} accepted"))
+                .to_string();
+            assert!(error.contains(flag), "{error}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod health;
+pub mod injection;
 pub mod leader;
 pub mod metrics;
 pub mod providers;

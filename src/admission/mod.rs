@@ -6,4 +6,7 @@
 pub mod pod;
 pub mod review;
 
-pub use review::{ReviewError, admit_within, convert_within, decode_admission, decode_conversion};
+pub use review::{
+    ReviewError, admission_review_json, admit_within, convert_within, decode_admission,
+    decode_conversion,
+};

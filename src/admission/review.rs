@@ -197,6 +197,22 @@ fn check_type(
     Ok(())
 }
 
+/// The AdmissionReview answering with `response`, as JSON. A patch is
+/// written as the base64 string the API documents for `[]byte` fields
+/// (kube's own serialization writes an array of numbers).
+pub fn admission_review_json(mut response: AdmissionResponse) -> serde_json::Value {
+    use base64::Engine;
+    let patch = response.patch.take();
+    // A review of strings, numbers and maps always serializes.
+    let mut review = serde_json::to_value(response.into_review()).unwrap_or_default();
+    if let Some(patch) = patch {
+        review["response"]["patch"] = base64::engine::general_purpose::STANDARD
+            .encode(patch)
+            .into();
+    }
+    review
+}
+
 /// Runs `handler` for `request`, denying the request if it does not finish
 /// within `deadline`.
 pub async fn admit_within<F>(
@@ -282,6 +298,24 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_patch_is_answered_as_base64() {
+        let request: AdmissionRequest<DynamicObject> =
+            decode_admission(POD_REVIEW.as_bytes()).unwrap();
+        let patch: json_patch::Patch =
+            serde_json::from_str(r#"[{"op":"add","path":"/metadata/annotations/a","value":"b"}]"#)
+                .unwrap();
+        let response = AdmissionResponse::from(&request).with_patch(patch).unwrap();
+        let review = admission_review_json(response);
+        assert_eq!(review["response"]["patchType"], "JSONPatch");
+        assert_eq!(
+            review["response"]["patch"],
+            "W3sib3AiOiJhZGQiLCJwYXRoIjoiL21ldGFkYXRhL2Fubm90YXRpb25zL2EiLCJ2YWx1ZSI6ImIifV0="
+        );
+        assert_eq!(review["kind"], "AdmissionReview");
+        assert_eq!(review["response"]["uid"], request.uid);
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,6 +8,8 @@
 pub mod providers;
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
@@ -30,20 +32,35 @@ pub struct Metrics {
     pub certs: CertMetrics,
     /// Certificates in the cluster: leadership, rotations, caBundle writes.
     pub cluster: ClusterMetrics,
+    /// The provider layer (`keyhook_provider_*`).
+    pub providers: Arc<providers::ProviderMetrics>,
+    /// Pod admissions by the injector (every replica).
+    pub injections: PodInjectionMetrics,
+    /// Managed Secrets, refresh and GC (exported by the leader only).
+    pub secrets: SecretControllerMetrics,
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("keyhook");
-        let http = HttpMetrics::register(&mut registry);
-        let certs = CertMetrics::register(&mut registry);
-        let cluster = ClusterMetrics::register(&mut registry);
+        let mut registry = Registry::default();
+        // The provider metrics carry their full `keyhook_provider_*` names.
+        let providers = Arc::new(providers::ProviderMetrics::register(&mut registry));
+        let prefixed = registry.sub_registry_with_prefix("keyhook");
+        let http = HttpMetrics::register(prefixed);
+        let certs = CertMetrics::register(prefixed);
+        let cluster = ClusterMetrics::register(prefixed);
+        let injections = PodInjectionMetrics::register(prefixed);
+        let secrets = SecretControllerMetrics::default();
+        prefixed.register_collector(Box::new(secrets.clone()));
         Self {
             registry,
             http,
             certs,
             cluster,
+            providers,
+            injections,
+            secrets,
         }
     }
 
@@ -295,9 +312,184 @@ impl ClusterMetrics {
     }
 }
 
+/// The outcome of one pod admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PodInjectionResult {
+    /// A patch was returned.
+    Injected,
+    /// The pod asked for nothing, or already carries the same injection.
+    Unchanged,
+    /// The pod was denied.
+    Denied,
+    /// Injection failed and the pod's `keyhook.io/on-error: allow` admitted it unchanged.
+    FailedOpen,
+}
+
+label_values!(PodInjectionResult {
+    Injected => "injected",
+    Unchanged => "unchanged",
+    Denied => "denied",
+    FailedOpen => "failed_open",
+});
+
+/// Labels of a pod admission.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PodInjectionLabels {
+    /// What happened.
+    pub result: PodInjectionResult,
+}
+
+/// Pod admissions, on every replica. Their latency is
+/// `keyhook_http_request_duration_seconds{path="/mutate-pod"}`.
+#[derive(Debug, Clone, Default)]
+pub struct PodInjectionMetrics {
+    /// `keyhook_injections_total{result}`.
+    pub injections: Family<PodInjectionLabels, Counter>,
+}
+
+impl PodInjectionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "injections",
+            "Pod admissions by the secret injector, by result",
+            metrics.injections.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one admission.
+    pub fn record(&self, result: PodInjectionResult) {
+        self.injections
+            .get_or_create(&PodInjectionLabels { result })
+            .inc();
+    }
+}
+
+/// The outcome of one refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefreshResult {
+    /// Fetched and written.
+    Refreshed,
+    /// The fetch or the write failed; retried at the next slot.
+    Failed,
+}
+
+label_values!(RefreshResult { Refreshed => "refreshed", Failed => "failed" });
+
+/// Labels of a refresh.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefreshLabels {
+    /// What happened.
+    pub result: RefreshResult,
+}
+
+/// Controller state of the managed Secrets. Recorded by the leader's loops
+/// and exported only while [`Self::set_exporting`] is on, so a follower
+/// exports none of it and replicas never report conflicting states.
+#[derive(Debug, Clone)]
+pub struct SecretControllerMetrics {
+    exporting: Arc<AtomicBool>,
+    /// `keyhook_managed_secrets`.
+    pub managed: Gauge,
+    /// `keyhook_refresh_total{result}`.
+    pub refreshes: Family<RefreshLabels, Counter>,
+    /// `keyhook_refresh_lag_seconds`: how late after its due time a Secret was refreshed.
+    pub lag: Histogram,
+}
+
+impl Default for SecretControllerMetrics {
+    fn default() -> Self {
+        Self {
+            exporting: Arc::new(AtomicBool::new(false)),
+            managed: Gauge::default(),
+            refreshes: Family::default(),
+            // 100 ms to ~55 min.
+            lag: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
+        }
+    }
+}
+
+impl SecretControllerMetrics {
+    /// Turns the export on (a leader's term starts) or off (it ends).
+    pub fn set_exporting(&self, on: bool) {
+        self.exporting.store(on, Ordering::Relaxed);
+    }
+
+    /// Counts one refresh.
+    pub fn record_refresh(&self, result: RefreshResult) {
+        self.refreshes
+            .get_or_create(&RefreshLabels { result })
+            .inc();
+    }
+}
+
+impl prometheus_client::collector::Collector for SecretControllerMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        if !self.exporting.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let managed = encoder.encode_descriptor(
+            "managed_secrets",
+            "Secrets keyhook materialized and keeps fresh (leader only)",
+            None,
+            self.managed.metric_type(),
+        )?;
+        self.managed.encode(managed)?;
+        let refreshes = encoder.encode_descriptor(
+            "refresh",
+            "Refreshes of managed Secrets by result (leader only)",
+            None,
+            self.refreshes.metric_type(),
+        )?;
+        self.refreshes.encode(refreshes)?;
+        let lag = encoder.encode_descriptor(
+            "refresh_lag_seconds",
+            "How long after its due time a managed Secret was refreshed (leader only)",
+            None,
+            self.lag.metric_type(),
+        )?;
+        self.lag.encode(lag)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controller_state_is_exported_by_the_leader_only() {
+        let metrics = Metrics::new();
+        metrics.injections.record(PodInjectionResult::Injected);
+        metrics.secrets.managed.set(3);
+        metrics.secrets.record_refresh(RefreshResult::Refreshed);
+        let follower = metrics.encode().unwrap();
+        assert!(
+            follower.contains(r#"keyhook_injections_total{result="injected"} 1"#),
+            "{follower}"
+        );
+        for name in [
+            "keyhook_managed_secrets",
+            "keyhook_refresh_total",
+            "keyhook_refresh_lag_seconds",
+        ] {
+            assert!(!follower.contains(name), "a follower exports {name}");
+        }
+        metrics.secrets.set_exporting(true);
+        let leader = metrics.encode().unwrap();
+        for line in [
+            "keyhook_managed_secrets 3",
+            r#"keyhook_refresh_total{result="refreshed"} 1"#,
+            "keyhook_refresh_lag_seconds_bucket",
+            "keyhook_provider_coalesced_total 0",
+        ] {
+            assert!(leader.contains(line), "{line} missing from {leader}");
+        }
+    }
 
     #[test]
     fn exposition_names_follow_prometheus_conventions() {

@@ -16,7 +16,10 @@ use crate::{
     clock::SystemClock,
     config::{CertMode, ServeArgs},
     health::{self, Readiness},
+    injection::{self, ClusterSecrets, FileSecrets, Injector, SecretBackend},
+    leader::{self, Leadership},
     metrics::Metrics,
+    providers::{ClusterCatalog, FileCatalog, Providers, StoreCatalog},
 };
 
 /// Longest single sleep of the renewal loop, so a wall-clock jump (a
@@ -51,6 +54,9 @@ pub enum Error {
     /// service account.
     #[error("connecting to the cluster: {0}")]
     Kube(#[source] kube::Error),
+    /// The `--stores` file cannot be used.
+    #[error("--stores: {0}")]
+    Stores(String),
 }
 
 /// Where keyhook runs, which decides who issues its certificates.
@@ -86,6 +92,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     serving: Arc<ServingCert>,
     client: Option<kube::Client>,
+    injector: Injector,
+    stores_synced: Option<Arc<dyn health::ReadinessCheck>>,
     webhook: TcpListener,
     health: TcpListener,
 }
@@ -128,6 +136,7 @@ impl Server {
                 }
             }
         }
+        let (injector, stores_synced) = build_injector(&args, client.as_ref(), &metrics)?;
         let webhook = bind(args.webhook_addr, "--webhook-addr").await?;
         let health = bind(args.health_addr, "--health-addr").await?;
         Ok(Self {
@@ -136,6 +145,8 @@ impl Server {
             metrics,
             serving,
             client,
+            injector,
+            stores_synced,
             webhook,
             health,
         })
@@ -160,6 +171,8 @@ impl Server {
             metrics,
             serving,
             client,
+            injector,
+            stores_synced,
             webhook,
             health,
         } = self;
@@ -190,12 +203,19 @@ impl Server {
                     background.clone(),
                 )
             });
+        let leadership = cluster
+            .as_ref()
+            .map_or_else(|| Leadership::fixed(true), |c| c.leadership.clone());
+        let secret_loops = spawn_secret_loops(&args, &injector, &metrics, leadership, &shutdown);
         let renewal = (mode == Mode::Standalone)
             .then(|| tokio::spawn(renew_standalone(args.clone(), background.clone())));
 
         let mut readiness = Readiness::new(serving.clone(), shutdown.clone());
         if let Some(cluster) = &cluster {
             readiness = readiness.with_check(cluster.readiness.clone());
+        }
+        if let Some(stores_synced) = stores_synced {
+            readiness = readiness.with_check(stores_synced);
         }
         let admin = health::router(readiness, metrics.clone());
         let admin_stop = background.clone();
@@ -209,7 +229,8 @@ impl Server {
             max_body: args.max_body,
             request_timeout: args.request_timeout,
         };
-        let router = routes::webhook_router(settings, metrics.http.clone());
+        let router =
+            routes::webhook_router(settings, metrics.http.clone()).layer(axum::Extension(injector));
         let tls = listener::tls_config(serving)?;
         let drained = listener::serve_tls(
             webhook,
@@ -231,6 +252,9 @@ impl Server {
         if let Some(renewal) = renewal {
             let _ = renewal.await;
         }
+        for task in secret_loops {
+            let _ = task.await;
+        }
         match admin.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Health(e)),
@@ -239,6 +263,121 @@ impl Server {
         tracing::info!(drained, "keyhook stopped");
         Ok(())
     }
+}
+
+/// The pod injector: the provider layer over the `--stores` file
+/// (standalone) or the cluster's stores, writing Secrets to `--secrets-dir`
+/// or to the cluster.
+/// In a cluster, also a readiness check that passes once the store
+/// reflectors have listed everything (before that, every store would look
+/// absent and every injecting pod would be denied).
+fn build_injector(
+    args: &ServeArgs,
+    client: Option<&kube::Client>,
+    metrics: &Metrics,
+) -> Result<(Injector, Option<Arc<dyn health::ReadinessCheck>>), Error> {
+    let settings = args.providers.settings();
+    let mut synced = None;
+    let (catalog, secrets): (Arc<dyn StoreCatalog>, Arc<dyn SecretBackend>) = match client {
+        Some(client) => {
+            let catalog = Arc::new(ClusterCatalog::start(client.clone()));
+            let check = StoresSynced::default();
+            let flag = check.0.clone();
+            let watched = Arc::clone(&catalog);
+            tokio::spawn(async move {
+                watched.ready().await;
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            synced = Some(Arc::new(check) as Arc<dyn health::ReadinessCheck>);
+            (
+                catalog as Arc<dyn StoreCatalog>,
+                Arc::new(ClusterSecrets::new(client.clone())) as Arc<dyn SecretBackend>,
+            )
+        }
+        None => {
+            let catalog = match &settings.stores_file {
+                Some(path) => {
+                    let catalog = Arc::new(FileCatalog::from_file(path).map_err(stores_error)?);
+                    // The watch task lives as long as the process.
+                    let _watch = catalog
+                        .watch(path.clone())
+                        .map_err(|e| Error::Stores(e.to_string()))?;
+                    catalog
+                }
+                None => Arc::new(FileCatalog::from_yaml("").map_err(stores_error)?),
+            };
+            let secrets = FileSecrets::new(args.injection.secrets_dir.clone());
+            (
+                catalog as Arc<dyn StoreCatalog>,
+                Arc::new(secrets) as Arc<dyn SecretBackend>,
+            )
+        }
+    };
+    let providers = Providers::new(settings, catalog, metrics.providers.clone());
+    let injector = Injector::new(
+        Arc::new(providers),
+        secrets,
+        Arc::new(SystemClock),
+        metrics.injections.clone(),
+    );
+    Ok((injector, synced))
+}
+
+/// `/readyz` check: the cluster's stores have been listed.
+#[derive(Debug, Default)]
+struct StoresSynced(Arc<std::sync::atomic::AtomicBool>);
+
+impl health::ReadinessCheck for StoresSynced {
+    fn checks(&self, _now: i64) -> Vec<certs::Check> {
+        let ok = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        vec![certs::Check {
+            name: "stores-synced",
+            ok,
+            detail: if ok {
+                "SecretStores, ClusterSecretStores, Namespaces and Secrets listed".into()
+            } else {
+                "waiting for the first list of SecretStores, ClusterSecretStores, Namespaces and Secrets".into()
+            },
+        }]
+    }
+}
+
+fn stores_error(errors: Vec<crate::providers::ProviderError>) -> Error {
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    Error::Stores(errors.join("; "))
+}
+
+/// Refresh and GC of the managed Secrets, on the leader only.
+fn spawn_secret_loops(
+    args: &ServeArgs,
+    injector: &Injector,
+    metrics: &Metrics,
+    leadership: Leadership,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let settings = args.injection.refresh_settings();
+    let refresh = {
+        let (injector, settings, secrets) =
+            (injector.clone(), settings.clone(), metrics.secrets.clone());
+        tokio::spawn(leader::run_while_leader(
+            leadership.clone(),
+            shutdown.clone(),
+            "secret-refresh",
+            move |term| {
+                injection::run_refresh(injector.clone(), settings.clone(), secrets.clone(), term)
+            },
+        ))
+    };
+    let gc = {
+        let injector = injector.clone();
+        tokio::spawn(leader::run_while_leader(
+            leadership,
+            shutdown.clone(),
+            "secret-gc",
+            move |term| injection::run_gc(injector.clone(), settings.clone(), term),
+        ))
+    };
+    vec![refresh, gc]
 }
 
 async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {

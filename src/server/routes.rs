@@ -85,8 +85,11 @@ pub fn webhook_router(settings: WebhookSettings, metrics: HttpMetrics) -> Router
         .layer(middleware::from_fn_with_state(metrics, record_request))
 }
 
+/// `/mutate-pod`: the injector (an [`axum::Extension`] the server adds)
+/// decides; without one, pods pass through unchanged.
 async fn mutate_pod(
     State(state): State<WebhookState>,
+    injector: Option<axum::Extension<crate::injection::Injector>>,
     body: ReviewBody,
 ) -> Result<Response, ReviewError> {
     let request = admission::decode_admission(&body.bytes)?;
@@ -94,11 +97,15 @@ async fn mutate_pod(
         .settings
         .request_timeout
         .saturating_sub(body.received.elapsed());
+    let answer_by = body.received + state.settings.request_timeout;
     let response = admission::admit_within(deadline, &request, async {
-        admission::pod::mutate(&request)
+        match &injector {
+            Some(axum::Extension(injector)) => injector.admit(&request, answer_by).await,
+            None => admission::pod::mutate(&request),
+        }
     })
     .await;
-    Ok(Json(response.into_review()).into_response())
+    Ok(Json(admission::admission_review_json(response)).into_response())
 }
 
 /// Validates a custom resource with a pure `decide` function.

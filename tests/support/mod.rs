@@ -7,6 +7,7 @@
 
 pub mod backends;
 pub mod fake_apiserver;
+pub mod injection;
 pub mod scenarios;
 pub mod server;
 pub mod tls;

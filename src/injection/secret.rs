@@ -1,0 +1,416 @@
+//! Managed Secrets: how they look, and where they are kept.
+//!
+//! [`SecretBackend`] is the narrow interface the injector and the leader
+//! loops use. [`ClusterSecrets`] writes Kubernetes Secrets with server-side
+//! apply and lists pods for GC; [`FileSecrets`] writes the same Secret as a
+//! manifest under `--secrets-dir` for standalone runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::reference::{INJECT_LABEL, INJECTED_ANNOTATION, SecretSpec};
+use crate::providers::SecretValue;
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "keyhook";
+/// The label marking a Secret as keyhook's.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The annotation holding the references (never values).
+pub const REFERENCES_ANNOTATION: &str = "keyhook.io/references";
+/// The annotation holding the time of the last fetch (RFC 3339).
+pub const FETCHED_AT_ANNOTATION: &str = "keyhook.io/fetched-at";
+
+/// What is known of a managed Secret without its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedSecret {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// `keyhook-<hash>`.
+    pub name: String,
+    /// The references it holds.
+    pub spec: SecretSpec,
+    /// When its values were last fetched.
+    pub fetched_at: OffsetDateTime,
+    /// Its data keys.
+    pub keys: BTreeSet<String>,
+}
+
+/// A store of managed Secrets. Errors are plain text naming the object; they
+/// never contain a value.
+pub trait SecretBackend: Send + Sync + 'static {
+    /// Reads one managed Secret; `None` when absent (or not keyhook's).
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>>;
+
+    /// Creates or replaces a managed Secret with `data`.
+    fn apply<'a>(
+        &'a self,
+        secret: &'a ManagedSecret,
+        data: &'a BTreeMap<String, SecretValue>,
+    ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Every managed Secret; `keys` may be left empty (the loops that list
+    /// need references and fetch times, not data).
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>>;
+
+    /// Deletes a managed Secret (absent is fine).
+    fn delete<'a>(&'a self, namespace: &'a str, name: &'a str)
+    -> BoxFuture<'a, Result<(), String>>;
+
+    /// `(namespace, name)` of every managed Secret an existing pod uses.
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>>;
+}
+
+/// The Secret object keyhook writes for `secret` with `data`.
+pub fn manifest(secret: &ManagedSecret, data: &BTreeMap<String, SecretValue>) -> Secret {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), engine.encode(v.expose())))
+        .collect();
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret.name,
+            "namespace": secret.namespace,
+            "labels": {MANAGED_BY_LABEL: FIELD_MANAGER},
+            "annotations": {
+                REFERENCES_ANNOTATION: serde_json::to_string(&secret.spec).unwrap_or_default(),
+                FETCHED_AT_ANNOTATION: secret.fetched_at.format(&Rfc3339).unwrap_or_default(),
+            },
+        },
+        "type": "Opaque",
+        "data": data,
+    });
+    // The value above has exactly the shape of a v1 Secret.
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+/// Reads a managed Secret's record back; `None` when it is not keyhook's or
+/// its annotations are unreadable (it is then rewritten on next use).
+pub fn record(secret: &Secret) -> Option<ManagedSecret> {
+    let mut found = record_from_meta(&secret.metadata)?;
+    found.keys = secret
+        .data
+        .iter()
+        .flat_map(|d| d.keys())
+        .chain(secret.string_data.iter().flat_map(|d| d.keys()))
+        .cloned()
+        .collect();
+    Some(found)
+}
+
+/// The record of a managed Secret from its metadata alone (`keys` empty).
+fn record_from_meta(meta: &ObjectMeta) -> Option<ManagedSecret> {
+    let managed = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == FIELD_MANAGER);
+    if !managed {
+        return None;
+    }
+    let annotations = meta.annotations.as_ref()?;
+    let spec = serde_json::from_str(annotations.get(REFERENCES_ANNOTATION)?).ok()?;
+    let fetched_at =
+        OffsetDateTime::parse(annotations.get(FETCHED_AT_ANNOTATION)?, &Rfc3339).ok()?;
+    Some(ManagedSecret {
+        namespace: meta.namespace.clone()?,
+        name: meta.name.clone()?,
+        spec,
+        fetched_at,
+        keys: BTreeSet::new(),
+    })
+}
+
+/// Managed Secrets in the cluster, written with server-side apply.
+#[derive(Clone)]
+pub struct ClusterSecrets {
+    client: Client,
+}
+
+impl ClusterSecrets {
+    /// Writes through `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+/// Attempts of one apply; a conflict is retried (server-side apply with
+/// `force` makes it rare).
+const APPLY_ATTEMPTS: usize = 3;
+
+impl SecretBackend for ClusterSecrets {
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
+        async move {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            let found = api
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?;
+            Ok(found.as_ref().and_then(record))
+        }
+        .boxed()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        secret: &'a ManagedSecret,
+        data: &'a BTreeMap<String, SecretValue>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace);
+            let object = manifest(secret, data);
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match api.patch(&secret.name, &params, &Patch::Apply(&object)).await {
+                    Ok(_) => return Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 409 && attempt < APPLY_ATTEMPTS => {
+                        tracing::debug!(secret = %secret.name, attempt, "apply conflicted; retrying");
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "writing Secret {}/{}: {e}",
+                            secret.namespace, secret.name
+                        ));
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
+        async move {
+            // Metadata only: refresh and GC never need the values.
+            let api: Api<Secret> = Api::all(self.client.clone());
+            let params =
+                ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+            let list = api
+                .list_metadata(&params)
+                .await
+                .map_err(|e| format!("listing managed Secrets: {e}"))?;
+            Ok(list
+                .items
+                .iter()
+                .filter_map(|s| record_from_meta(&s.metadata))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                Err(e) => Err(format!("deleting Secret {namespace}/{name}: {e}")),
+            }
+        }
+        .boxed()
+    }
+
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
+        async move {
+            let api: Api<Pod> = Api::all(self.client.clone());
+            let params = ListParams::default().labels(&format!("{INJECT_LABEL}=true"));
+            let pods = api
+                .list_metadata(&params)
+                .await
+                .map_err(|e| format!("listing injected pods: {e}"))?;
+            Ok(pods
+                .items
+                .iter()
+                .filter_map(|pod| {
+                    let hash = pod
+                        .metadata
+                        .annotations
+                        .as_ref()?
+                        .get(INJECTED_ANNOTATION)?;
+                    Some((pod.metadata.namespace.clone()?, format!("keyhook-{hash}")))
+                })
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+/// Standalone: each managed Secret is a manifest `<dir>/<namespace>/<name>.yaml`
+/// with mode 0600, written atomically (temporary file, then rename).
+#[derive(Debug, Clone)]
+pub struct FileSecrets {
+    dir: PathBuf,
+}
+
+impl FileSecrets {
+    /// Keeps Secrets under `dir` (`--secrets-dir`).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Where the Secret `namespace/name` is written.
+    pub fn path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir.join(namespace).join(format!("{name}.yaml"))
+    }
+
+    fn read(path: &Path) -> Result<Option<Secret>, String> {
+        Self::parse(path, std::fs::read_to_string(path))
+    }
+
+    fn parse(path: &Path, text: std::io::Result<String>) -> Result<Option<Secret>, String> {
+        match text {
+            Ok(text) => serde_saphyr::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temporary = path.with_extension(format!("yaml.{}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+impl SecretBackend for FileSecrets {
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
+        let path = self.path(namespace, name);
+        async move {
+            let text = tokio::fs::read_to_string(&path).await;
+            Ok(Self::parse(&path, text)?.as_ref().and_then(record))
+        }
+        .boxed()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        secret: &'a ManagedSecret,
+        data: &'a BTreeMap<String, SecretValue>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let path = self.path(&secret.namespace, &secret.name);
+        async move {
+            let text = serde_saphyr::to_string(&manifest(secret, data)).map_err(|e| {
+                format!(
+                    "serializing Secret {}/{}: {e}",
+                    secret.namespace, secret.name
+                )
+            })?;
+            let written = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || write_private(&path, &text)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            written.map_err(|e| format!("writing {}: {e}", path.display()))
+        }
+        .boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
+        async move {
+            let mut found = Vec::new();
+            let namespaces = match std::fs::read_dir(&self.dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+                Err(e) => return Err(format!("{}: {e}", self.dir.display())),
+            };
+            for namespace in namespaces.flatten() {
+                let Ok(files) = std::fs::read_dir(namespace.path()) else {
+                    continue;
+                };
+                for file in files.flatten() {
+                    let path = file.path();
+                    if path.extension().is_some_and(|e| e == "yaml") {
+                        match Self::read(&path) {
+                            Ok(Some(secret)) => found.extend(record(&secret)),
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "skipping an unreadable Secret file")
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(found)
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let path = self.path(namespace, name);
+        async move {
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("deleting {}: {e}", path.display())),
+            }
+        }
+        .boxed()
+    }
+
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
+        // Standalone there are no pods: GC removes a Secret --gc-grace
+        // after it first sees it.
+        async { Ok(BTreeSet::new()) }.boxed()
+    }
+}
+
+/// Decodes a Secret's data for tests and tools that read a manifest back.
+pub fn decoded(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, ByteString(v))| (k.clone(), v.clone()))
+        .collect()
+}
