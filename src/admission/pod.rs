@@ -3,10 +3,10 @@
 //! Only pods that opted in reach it (the webhook's `objectSelector`); a pod
 //! that asks for nothing is admitted unchanged, with no patch.
 
-use kube::core::{DynamicObject, admission::AdmissionRequest, admission::AdmissionResponse};
+use kube::core::{Resource, admission::AdmissionRequest, admission::AdmissionResponse};
 
 /// Decides on a pod admission request.
-pub fn mutate(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+pub fn mutate<T: Resource>(request: &AdmissionRequest<T>) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
     let kind = &request.kind;
     if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
@@ -26,13 +26,14 @@ pub fn mutate(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
 mod tests {
     use super::*;
     use crate::admission::decode_admission;
+    use kube::core::DynamicObject;
 
     const POD_REVIEW: &str =
         include_str!("../../tests/fixtures/admission/pod-create-deployment.json");
 
     #[test]
     fn a_pod_is_admitted_unchanged() {
-        let request = decode_admission(POD_REVIEW.as_bytes()).unwrap();
+        let request = decode_admission::<DynamicObject>(POD_REVIEW.as_bytes()).unwrap();
         let response = mutate(&request);
         assert!(response.allowed);
         assert_eq!(response.uid, "4b2e1f0a-8c3d-4e5f-9a6b-7c8d9e0f1a2b");
@@ -47,7 +48,7 @@ mod tests {
             r#""kind": {"group": "apps", "version": "v1", "kind": "Deployment"}"#,
             1,
         );
-        let response = mutate(&decode_admission(review.as_bytes()).unwrap());
+        let response = mutate(&decode_admission::<DynamicObject>(review.as_bytes()).unwrap());
         assert!(response.allowed);
         assert!(response.warnings.unwrap()[0].contains("apps/v1 Deployment"));
     }

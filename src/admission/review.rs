@@ -10,7 +10,7 @@ use std::{future::Future, time::Duration};
 
 use http::StatusCode;
 use kube::core::{
-    DynamicObject, Resource, Status, TypeMeta,
+    Resource, Status, TypeMeta,
     admission::{AdmissionRequest, AdmissionResponse},
     conversion::{ConversionRequest, ConversionResponse},
 };
@@ -215,9 +215,9 @@ pub fn admission_review_json(mut response: AdmissionResponse) -> serde_json::Val
 
 /// Runs `handler` for `request`, denying the request if it does not finish
 /// within `deadline`.
-pub async fn admit_within<F>(
+pub async fn admit_within<T: Resource, F>(
     deadline: Duration,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<T>,
     handler: F,
 ) -> AdmissionResponse
 where
@@ -264,6 +264,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::DynamicObject;
 
     const POD_REVIEW: &str =
         include_str!("../../tests/fixtures/admission/pod-create-deployment.json");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::{DynamicObject, admission::AdmissionRequest, admission::AdmissionResponse};
+use kube::core::{admission::AdmissionRequest, admission::AdmissionResponse};
 use tokio::time::Instant;
 
 use super::InjectionError;
@@ -70,17 +70,17 @@ impl Injector {
     /// Decides on a pod admission, answering before `deadline`.
     pub async fn admit(
         &self,
-        request: &AdmissionRequest<DynamicObject>,
+        request: &AdmissionRequest<Pod>,
         deadline: Instant,
     ) -> AdmissionResponse {
         let kind = &request.kind;
         if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
             return crate::admission::pod::mutate(request);
         }
-        let Some(object) = &request.object else {
+        let Some(pod) = &request.object else {
             return AdmissionResponse::from(request);
         };
-        let (response, result) = match self.decide(request, object, deadline).await {
+        let (response, result) = match self.decide(request, pod, deadline).await {
             Ok(Decision::Unchanged) => (
                 AdmissionResponse::from(request),
                 PodInjectionResult::Unchanged,
@@ -119,15 +119,12 @@ impl Injector {
 
     async fn decide(
         &self,
-        request: &AdmissionRequest<DynamicObject>,
-        object: &DynamicObject,
+        request: &AdmissionRequest<Pod>,
+        pod: &Pod,
         deadline: Instant,
     ) -> Result<Decision, (InjectionError, OnError)> {
         let deny = |e: InjectionError| (e, OnError::Deny);
-        let pod: Pod = serde_json::to_value(object)
-            .and_then(serde_json::from_value)
-            .map_err(|e| deny(InjectionError::NotAPod(e.to_string())))?;
-        let Some(wanted) = PodRequest::from_pod(&pod).map_err(|e| deny(e.into()))? else {
+        let Some(wanted) = PodRequest::from_pod(pod).map_err(|e| deny(e.into()))? else {
             return Ok(Decision::Unchanged);
         };
         let on_error = wanted.on_error;
@@ -163,7 +160,7 @@ impl Injector {
                 .await
         }
         .map_err(|e| (e, on_error))?;
-        let patch = patch::build(&pod, &wanted, &name, &hash, &keys).map_err(|e| deny(e.into()))?;
+        let patch = patch::build(pod, &wanted, &name, &hash, &keys).map_err(|e| deny(e.into()))?;
         Ok(Decision::Patch(patch))
     }
 

@@ -31,9 +31,6 @@ use crate::providers::ProviderError;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum InjectionError {
-    /// The admitted object is not a pod keyhook can read.
-    #[error("the object is not a readable v1 Pod: {0}")]
-    NotAPod(String),
     /// A reference or annotation is malformed.
     #[error(transparent)]
     Request(#[from] ReferenceError),
@@ -77,9 +74,7 @@ impl InjectionError {
     pub fn is_operational(&self) -> bool {
         !matches!(
             self,
-            InjectionError::NotAPod(_)
-                | InjectionError::Request(_)
-                | InjectionError::EnvCollision { .. }
+            InjectionError::Request(_) | InjectionError::EnvCollision { .. }
         )
     }
 }
