@@ -47,6 +47,8 @@ struct State {
     objects: BTreeMap<(String, String), Value>,
     history: Vec<Event>,
     writes: Vec<Write>,
+    /// Every request: method and path with query.
+    requests: Vec<(Method, String)>,
     /// Collections whose writes fail with HTTP 500, to hold a scenario still.
     failing: Vec<String>,
 }
@@ -58,8 +60,15 @@ pub struct FakeApiServer {
     changed: broadcast::Sender<()>,
 }
 
-const RESOURCES: [(&str, &str, &str); 5] = [
+const RESOURCES: [(&str, &str, &str); 8] = [
     ("secrets", "Secret", "v1"),
+    ("namespaces", "Namespace", "v1"),
+    ("secretstores", "SecretStore", "external-secrets.io/v1"),
+    (
+        "clustersecretstores",
+        "ClusterSecretStore",
+        "external-secrets.io/v1",
+    ),
     ("leases", "Lease", "coordination.k8s.io/v1"),
     (
         "mutatingwebhookconfigurations",
@@ -154,6 +163,11 @@ impl FakeApiServer {
         self.state.lock().unwrap().writes.clone()
     }
 
+    /// Every request received so far: method and path with query.
+    pub fn requests(&self) -> Vec<(Method, String)> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
     /// Makes writes to `collection` fail (true) or succeed again (false).
     pub fn fail_writes_to(&self, collection: &str, fail: bool) {
         let mut state = self.state.lock().unwrap();
@@ -176,6 +190,11 @@ impl FakeApiServer {
     async fn handle(&self, replica: &str, request: Request<Body>) -> Response<ResponseBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .push((method.clone(), request.uri().to_string()));
         let query = parse_query(request.uri().query().unwrap_or(""));
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body: Option<Value> =
@@ -196,7 +215,7 @@ impl FakeApiServer {
             let items: Vec<Value> = state
                 .objects
                 .iter()
-                .filter(|((c, _), o)| *c == collection && selected(o, &query))
+                .filter(|((c, _), o)| in_collection(c, &collection) && selected(o, &query))
                 .map(|(_, o)| o.clone())
                 .collect();
             return json_response(
@@ -340,7 +359,7 @@ impl FakeApiServer {
                             .iter()
                             .filter(|e| {
                                 e.rv > last
-                                    && e.collection == collection
+                                    && in_collection(&e.collection, &collection)
                                     && selected(&e.object, &query)
                             })
                             .cloned()
@@ -393,6 +412,22 @@ fn status(code: u16, reason: &str, message: &str, plural: &str, name: &str) -> V
 }
 
 /// `/api/v1/namespaces/ns/secrets/name` -> (`/api/v1/namespaces/ns/secrets`, Some(name)).
+/// Whether an object stored under `stored` belongs to the `requested`
+/// collection: the same one, or its cluster-wide form (`/api/v1/secrets`
+/// lists the Secrets of every namespace).
+fn in_collection(stored: &str, requested: &str) -> bool {
+    if stored == requested {
+        return true;
+    }
+    let Some((prefix, rest)) = stored.split_once("/namespaces/") else {
+        return false;
+    };
+    match rest.split_once('/') {
+        Some((_namespace, plural)) => format!("{prefix}/{plural}") == requested,
+        None => false,
+    }
+}
+
 fn split_path(path: &str) -> (String, Option<String>) {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let resource_at = segments
