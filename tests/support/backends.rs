@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 /// The tool's path, or `None` (test skips) — unless `KEYHOOK_REQUIRE_TOOLS=1`,
-/// where a missing tool fails the test.
+/// where a missing tool fails the test. Every test that drives an external
+/// program checks for it here.
 pub fn require_tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -26,12 +27,12 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        if std::env::var("KEYHOOK_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        if super::tools_required() {
             panic!(
-                "`{name}` is required (KEYHOOK_REQUIRE_TOOLS=1); run tests/support/install-backends.sh"
+                "`{name}` is required (KEYHOOK_REQUIRE_TOOLS=1); run tests/support/install-tools.sh"
             );
         }
-        eprintln!("SKIPPED: `{name}` not on PATH; run tests/support/install-backends.sh");
+        eprintln!("SKIPPED: `{name}` not on PATH; run tests/support/install-tools.sh");
     }
     found
 }

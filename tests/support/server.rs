@@ -4,7 +4,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -296,18 +295,7 @@ pub fn tools_required() -> bool {
 /// Whether `tool` is on PATH; when it is not, fails under CI and otherwise
 /// prints why the check is skipped.
 pub fn have_tool(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            !tools_required(),
-            "{tool} is required (KEYHOOK_REQUIRE_TOOLS=1) but not installed"
-        );
-        eprintln!("SKIPPED: {tool} is not installed; .ci/run installs it");
-    }
-    found
+    super::backends::require_tool(tool).is_some()
 }
 
 /// Writes a bundle's files into a plain directory.
