@@ -10,7 +10,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-# ring's C and assembly build with musl-gcc; rustls reads the image's CA roots.
+# ring's and mimalloc's C build with musl-gcc; rustls reads the image's CA roots.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     case "$TARGETARCH" in \

@@ -1,5 +1,12 @@
 //! The `keyhook` command line.
 
+/// Every review is decoded into short-lived strings and maps on whichever
+/// worker runs it and freed on another: glibc's allocator spent a quarter of
+/// keyhook's CPU on its arena locks under load (musl's is slower still).
+/// mimalloc's per-thread heaps took a pod review from 60 to 41 µs of CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
