@@ -7,6 +7,5 @@ pub mod pod;
 pub mod review;
 
 pub use review::{
-    ReviewError, admission_review_json, admit_within, convert_within, decode_admission,
-    decode_conversion,
+    AdmissionAnswer, ReviewError, admit_within, convert_within, decode_admission, decode_conversion,
 };

@@ -197,20 +197,40 @@ fn check_type(
     Ok(())
 }
 
-/// The AdmissionReview answering with `response`, as JSON. A patch is
-/// written as the base64 string the API documents for `[]byte` fields
-/// (kube's own serialization writes an array of numbers).
-pub fn admission_review_json(mut response: AdmissionResponse) -> serde_json::Value {
-    use base64::Engine;
-    let patch = response.patch.take();
-    // A review of strings, numbers and maps always serializes.
-    let mut review = serde_json::to_value(response.into_review()).unwrap_or_default();
-    if let Some(patch) = patch {
-        review["response"]["patch"] = base64::engine::general_purpose::STANDARD
-            .encode(patch)
-            .into();
+/// The AdmissionReview answering with a response, serialized straight to
+/// the JSON the apiserver reads. A patch is written as the base64 string the
+/// API documents for `[]byte` fields (kube's own serialization writes an
+/// array of numbers).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionAnswer {
+    api_version: String,
+    kind: String,
+    response: ResponseWithPatch,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ResponseWithPatch {
+    #[serde(flatten)]
+    response: AdmissionResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+}
+
+impl From<AdmissionResponse> for AdmissionAnswer {
+    fn from(mut response: AdmissionResponse) -> Self {
+        use base64::Engine;
+        let patch = response
+            .patch
+            .take()
+            .map(|patch| base64::engine::general_purpose::STANDARD.encode(patch));
+        let types = std::mem::take(&mut response.types);
+        Self {
+            api_version: types.api_version,
+            kind: types.kind,
+            response: ResponseWithPatch { response, patch },
+        }
     }
-    review
 }
 
 /// Runs `handler` for `request`, denying the request if it does not finish
@@ -309,13 +329,15 @@ mod tests {
             serde_json::from_str(r#"[{"op":"add","path":"/metadata/annotations/a","value":"b"}]"#)
                 .unwrap();
         let response = AdmissionResponse::from(&request).with_patch(patch).unwrap();
-        let review = admission_review_json(response);
+        let review = serde_json::to_value(AdmissionAnswer::from(response)).unwrap();
         assert_eq!(review["response"]["patchType"], "JSONPatch");
         assert_eq!(
             review["response"]["patch"],
             "W3sib3AiOiJhZGQiLCJwYXRoIjoiL21ldGFkYXRhL2Fubm90YXRpb25zL2EiLCJ2YWx1ZSI6ImIifV0="
         );
         assert_eq!(review["kind"], "AdmissionReview");
+        assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(review["response"]["allowed"], true);
         assert_eq!(review["response"]["uid"], request.uid);
     }
 

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::pod::AdmittedPod;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use k8s_openapi::api::core::v1::Pod;
 use kube::core::{admission::AdmissionRequest, admission::AdmissionResponse};
 use tokio::time::Instant;
 
@@ -70,7 +70,7 @@ impl Injector {
     /// Decides on a pod admission, answering before `deadline`.
     pub async fn admit(
         &self,
-        request: &AdmissionRequest<Pod>,
+        request: &AdmissionRequest<AdmittedPod>,
         deadline: Instant,
     ) -> AdmissionResponse {
         let kind = &request.kind;
@@ -119,8 +119,8 @@ impl Injector {
 
     async fn decide(
         &self,
-        request: &AdmissionRequest<Pod>,
-        pod: &Pod,
+        request: &AdmissionRequest<AdmittedPod>,
+        pod: &AdmittedPod,
         deadline: Instant,
     ) -> Result<Decision, (InjectionError, OnError)> {
         let deny = |e: InjectionError| (e, OnError::Deny);

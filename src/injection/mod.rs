@@ -13,12 +13,14 @@
 
 mod injector;
 pub mod patch;
+pub mod pod;
 pub mod reference;
 pub mod refresh;
 pub mod secret;
 pub mod source;
 
 pub use injector::Injector;
+pub use pod::AdmittedPod;
 pub use reference::{PodRequest, Reference, ReferenceError, SecretSpec};
 pub use refresh::{RefreshSettings, run_gc, run_refresh};
 pub use secret::{ClusterSecrets, FileSecrets, ManagedSecret, SecretBackend};

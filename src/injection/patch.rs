@@ -14,8 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::pod::{AdmittedContainer, AdmittedPod};
 use json_patch::Patch;
-use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
 use super::reference::{
@@ -43,7 +43,7 @@ fn token(s: &str) -> String {
 /// Builds the patch that injects `request` from the Secret `secret_name`
 /// whose data keys are `keys`, and marks the pod with `hash`.
 pub fn build(
-    pod: &Pod,
+    pod: &AdmittedPod,
     request: &PodRequest,
     secret_name: &str,
     hash: &str,
@@ -162,7 +162,7 @@ fn env_from_vars(
 
 fn check_mount(
     list: ContainerList,
-    container: &Container,
+    container: &AdmittedContainer,
     path: &str,
 ) -> Result<(), ReferenceError> {
     let taken = container

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use super::pod::{AdmittedContainer, AdmittedPod};
 use serde::{Deserialize, Serialize};
 
 use crate::providers::{RemoteRef, StoreKind, StoreRef};
@@ -286,7 +286,7 @@ pub struct PodRequest {
 impl PodRequest {
     /// Reads a pod's request. `Ok(None)` when the pod asks for nothing
     /// (no reference anywhere and no keyhook annotation).
-    pub fn from_pod(pod: &Pod) -> Result<Option<Self>, ReferenceError> {
+    pub fn from_pod(pod: &AdmittedPod) -> Result<Option<Self>, ReferenceError> {
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let annotation = |key: &str| annotations.get(key).map(|v| v.trim());
         let bad = |annotation: &str, reason: String| ReferenceError::Annotation {
@@ -423,7 +423,7 @@ impl PodRequest {
 fn env_references(
     list: ContainerList,
     c: usize,
-    container: &Container,
+    container: &AdmittedContainer,
 ) -> Result<Vec<EnvReference>, ReferenceError> {
     let mut found = Vec::new();
     for (index, var) in container.env.iter().flatten().enumerate() {

@@ -105,7 +105,7 @@ async fn mutate_pod(
         }
     })
     .await;
-    Ok(Json(admission::admission_review_json(response)).into_response())
+    Ok(Json(admission::AdmissionAnswer::from(response)).into_response())
 }
 
 /// Validates a custom resource with a pure `decide` function.
