@@ -2,7 +2,7 @@
 //! `keyhook:<key>[#<property>][@<version>]` env values, parsed into a
 //! [`PodRequest`] without any I/O.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use super::pod::{AdmittedContainer, AdmittedPod};
 use serde::{Deserialize, Serialize};
@@ -287,7 +287,8 @@ impl PodRequest {
     /// Reads a pod's request. `Ok(None)` when the pod asks for nothing
     /// (no reference anywhere and no keyhook annotation).
     pub fn from_pod(pod: &AdmittedPod) -> Result<Option<Self>, ReferenceError> {
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let no_annotations = BTreeMap::new();
+        let annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_annotations);
         let annotation = |key: &str| annotations.get(key).map(|v| v.trim());
         let bad = |annotation: &str, reason: String| ReferenceError::Annotation {
             annotation: annotation.into(),
@@ -337,7 +338,7 @@ impl PodRequest {
         }
 
         let mut files = Vec::new();
-        for (key, value) in &annotations {
+        for (key, value) in annotations {
             let Some(name) = key.strip_prefix(FILE_ANNOTATION_PREFIX) else {
                 continue;
             };

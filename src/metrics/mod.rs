@@ -82,7 +82,7 @@ impl Default for Metrics {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The route template (`/mutate-pod`), or `unmatched`.
-    pub path: String,
+    pub path: &'static str,
     /// HTTP status code.
     pub status: u16,
 }
@@ -91,7 +91,7 @@ pub struct RequestLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PathLabels {
     /// The route template, or `unmatched`.
-    pub path: String,
+    pub path: &'static str,
 }
 
 /// Webhook HTTP traffic.
@@ -498,7 +498,7 @@ mod tests {
             .http
             .requests
             .get_or_create(&RequestLabels {
-                path: "/mutate-pod".into(),
+                path: "/mutate-pod",
                 status: 200,
             })
             .inc();

@@ -233,16 +233,15 @@ async fn record_request(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let path = ROUTES
+    let path: &'static str = ROUTES
         .iter()
         .find(|r| **r == path)
-        .map_or("unmatched", |r| r)
-        .to_string();
+        .map_or("unmatched", |r| r);
     let start = Instant::now();
     let response = next.run(request).await;
     metrics
         .duration
-        .get_or_create(&PathLabels { path: path.clone() })
+        .get_or_create(&PathLabels { path })
         .observe(start.elapsed().as_secs_f64());
     metrics
         .requests
