@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v h2load >/dev/null || { echo "needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
-cargo build --release --quiet --bin keyhook --example floor_server
+cargo build --release --quiet --bin keyhook --example floor_server --example decode_bench
+target/release/examples/decode_bench
 exec python3 tests/bench/bench.py serve
