@@ -59,14 +59,44 @@ pub fn http() -> reqwest::Client {
         .expect("reqwest client")
 }
 
-async fn wait_until_up(url: &str, client: &reqwest::Client) {
-    for _ in 0..200 {
+/// Waits for a freshly started server to answer `url`. An error when the
+/// process exits first (another test may have taken its port in between) or
+/// after a minute (a loaded CI machine starts OpenBao slowly).
+async fn wait_until_up(
+    url: &str,
+    client: &reqwest::Client,
+    child: &mut Child,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
         if client.get(url).send().await.is_ok() {
-            return;
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the server exited ({status}) before answering {url}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{url} did not come up");
+    Err(format!("{url} did not answer within 60 s"))
+}
+
+/// Starts a server with `start` (on a fresh port each time), three times at
+/// most.
+async fn start_with_retries<T, F, Fut>(what: &str, mut start: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        match start().await {
+            Ok(server) => return server,
+            Err(e) => errors.push(e),
+        }
+    }
+    panic!("{what} did not start: {}", errors.join("; "));
 }
 
 /// A real OpenBao dev server on a free loopback port; stopped on drop.
@@ -82,6 +112,10 @@ pub struct Bao {
 impl Bao {
     pub async fn start(tls: bool) -> Option<Self> {
         let bao = require_tool("bao")?;
+        Some(start_with_retries("bao server -dev", || Self::start_once(&bao, tls)).await)
+    }
+
+    async fn start_once(bao: &std::path::Path, tls: bool) -> Result<Self, String> {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let token = format!("root-{port}");
@@ -98,7 +132,7 @@ impl Bao {
                 &format!("-dev-tls-cert-dir={}", dir.path().display()),
             ]);
         }
-        let child = command
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -119,7 +153,8 @@ impl Bao {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let pem = std::fs::read(&ca_path).expect("bao -dev-tls writes its CA");
+            let pem = std::fs::read(&ca_path)
+                .map_err(|e| format!("bao -dev-tls wrote no CA to {}: {e}", ca_path.display()))?;
             let mut roots = rustls::RootCertStore::empty();
             use rustls_pki_types::pem::PemObject;
             for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
@@ -140,8 +175,8 @@ impl Bao {
         } else {
             http()
         };
-        wait_until_up(&format!("{addr}/v1/sys/health"), &http).await;
-        Some(Self {
+        wait_until_up(&format!("{addr}/v1/sys/health"), &http, &mut child).await?;
+        Ok(Self {
             child,
             addr,
             token,
@@ -187,8 +222,12 @@ pub struct Moto {
 impl Moto {
     pub async fn start() -> Option<Self> {
         let moto = require_tool("moto_server")?;
+        Some(start_with_retries("moto_server", || Self::start_once(&moto)).await)
+    }
+
+    async fn start_once(moto: &std::path::Path) -> Result<Self, String> {
         let port = free_port();
-        let child = Command::new(moto)
+        let mut child = Command::new(moto)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -197,8 +236,8 @@ impl Moto {
             .expect("start moto_server");
         let endpoint = format!("http://127.0.0.1:{port}");
         let http = http();
-        wait_until_up(&format!("{endpoint}/moto-api/"), &http).await;
-        Some(Self {
+        wait_until_up(&format!("{endpoint}/moto-api/"), &http, &mut child).await?;
+        Ok(Self {
             child,
             endpoint,
             http,
