@@ -3,13 +3,20 @@
 //! Only pods that opted in reach it (the webhook's `objectSelector`); a pod
 //! that asks for nothing is admitted unchanged, with no patch.
 
-use kube::core::{Resource, admission::AdmissionRequest, admission::AdmissionResponse};
+use kube::core::{
+    GroupVersionKind, Resource, admission::AdmissionRequest, admission::AdmissionResponse,
+};
+
+/// Whether `kind` is a core v1 Pod, the only kind `/mutate-pod` changes.
+pub fn is_v1_pod(kind: &GroupVersionKind) -> bool {
+    kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod"
+}
 
 /// Decides on a pod admission request.
 pub fn mutate<T: Resource>(request: &AdmissionRequest<T>) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
     let kind = &request.kind;
-    if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
+    if !is_v1_pod(kind) {
         // A misrouted object is let through: blocking it would turn a
         // webhook misconfiguration into an outage of that resource.
         let mut response = response;

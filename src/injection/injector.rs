@@ -73,8 +73,7 @@ impl Injector {
         request: &AdmissionRequest<AdmittedPod>,
         deadline: Instant,
     ) -> AdmissionResponse {
-        let kind = &request.kind;
-        if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
+        if !crate::admission::pod::is_v1_pod(&request.kind) {
             return crate::admission::pod::mutate(request);
         }
         let Some(pod) = &request.object else {
