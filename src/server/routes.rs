@@ -88,19 +88,13 @@ pub fn webhook_router(settings: WebhookSettings, metrics: HttpMetrics) -> Router
 /// `/mutate-pod`: the injector (an [`axum::Extension`] the server adds)
 /// decides; without one, pods pass through unchanged.
 async fn mutate_pod(
-    State(state): State<WebhookState>,
     injector: Option<axum::Extension<crate::injection::Injector>>,
     body: ReviewBody,
 ) -> Result<Response, ReviewError> {
     let request = admission::decode_admission(&body.bytes)?;
-    let deadline = state
-        .settings
-        .request_timeout
-        .saturating_sub(body.received.elapsed());
-    let answer_by = body.received + state.settings.request_timeout;
-    let response = admission::admit_within(deadline, &request, async {
+    let response = admission::admit_within(body.time_left(), &request, async {
         match &injector {
-            Some(axum::Extension(injector)) => injector.admit(&request, answer_by).await,
+            Some(axum::Extension(injector)) => injector.admit(&request, body.answer_by).await,
             None => admission::pod::mutate(&request),
         }
     })
@@ -116,18 +110,12 @@ async fn validate_resource(
     let request = admission::decode_admission(&body.bytes)?;
     let response = decide(&request);
     tracing::debug!(uid = %request.uid, kind = %request.kind.kind, allowed = response.allowed, "validated");
-    Ok(Json(response.into_review()).into_response())
+    Ok(Json(admission::AdmissionAnswer::from(response)).into_response())
 }
 
-async fn convert(
-    State(state): State<WebhookState>,
-    body: ReviewBody,
-) -> Result<Response, ReviewError> {
+async fn convert(body: ReviewBody) -> Result<Response, ReviewError> {
     let request = admission::decode_conversion(&body.bytes)?;
-    let deadline = state
-        .settings
-        .request_timeout
-        .saturating_sub(body.received.elapsed());
+    let deadline = body.time_left();
     let uid = request.uid.clone();
     // Conversion is CPU work proportional to the body (up to --max-body):
     // it runs off the async workers so it never stalls other requests.
@@ -178,14 +166,23 @@ impl IntoResponse for ReviewError {
 /// A review body: JSON, within `--max-body`, fully read before the deadline.
 struct ReviewBody {
     bytes: Bytes,
-    received: Instant,
+    /// `--request-timeout` after the request arrived: the review must be
+    /// answered by then.
+    answer_by: Instant,
+}
+
+impl ReviewBody {
+    /// How long is left until [`ReviewBody::answer_by`].
+    fn time_left(&self) -> Duration {
+        self.answer_by.saturating_duration_since(Instant::now())
+    }
 }
 
 impl FromRequest<WebhookState> for ReviewBody {
     type Rejection = ReviewError;
 
     async fn from_request(request: Request, state: &WebhookState) -> Result<Self, Self::Rejection> {
-        let received = Instant::now();
+        let answer_by = Instant::now() + state.settings.request_timeout;
         let settings = &state.settings;
         let content_type = request
             .headers()
@@ -212,7 +209,7 @@ impl FromRequest<WebhookState> for ReviewBody {
         match collected {
             Ok(body) => Ok(ReviewBody {
                 bytes: body.to_bytes(),
-                received,
+                answer_by,
             }),
             Err(e) if e.is::<LengthLimitError>() => Err(ReviewError::TooLarge {
                 limit: settings.max_body,
