@@ -165,6 +165,7 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then drains in-flight requests
     /// for up to `--shutdown-grace`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let (webhook_addr, health_addr) = (self.webhook_addr(), self.health_addr());
         let Server {
             args,
             mode,
@@ -176,8 +177,6 @@ impl Server {
             webhook,
             health,
         } = self;
-        let webhook_addr = webhook.local_addr().unwrap_or(args.webhook_addr);
-        let health_addr = health.local_addr().unwrap_or(args.health_addr);
         log_where_everything_is(&args, webhook_addr, health_addr);
 
         // Background tasks outlive the webhook drain: /readyz keeps
