@@ -176,11 +176,13 @@ pub enum DeletionPolicy {
     Retain,
 }
 
-/// One `ExternalSecret` status condition.
+// Upstream has one condition type for ExternalSecrets and one for stores;
+// their fields are the same.
+/// One status condition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ExternalSecretStatusCondition {
-    /// Condition type, e.g. `Ready` or `Deleted`.
+pub struct StatusCondition {
+    /// Condition type, e.g. `Ready`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
@@ -218,31 +220,10 @@ pub struct ExternalSecretStatus {
     pub synced_resource_version: Option<String>,
     /// Conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<ExternalSecretStatusCondition>>,
+    pub conditions: Option<Vec<StatusCondition>>,
     /// A servicebinding.io provisioned-service reference to the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<LocalObjectReference>,
-}
-
-/// One store status condition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretStoreStatusCondition {
-    /// Condition type, e.g. `Ready`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
-    /// Machine-readable reason.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Human-readable message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Last transition time (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("format" = "date-time"))]
-    pub last_transition_time: Option<String>,
 }
 
 /// `spec.retrySettings` of a store.
@@ -312,7 +293,7 @@ pub enum SecretStoreCapabilities {
 pub struct SecretStoreStatus {
     /// Conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<SecretStoreStatusCondition>>,
+    pub conditions: Option<Vec<StatusCondition>>,
     /// The store's capabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<SecretStoreCapabilities>,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::common::{
     ConversionStrategy, ExternalSecretStatus, SecretStoreRef, SecretStoreRetrySettings,
-    SecretStoreStatusCondition, TemplateMetadata,
+    StatusCondition, TemplateMetadata,
 };
 pub use super::providers::SecretStoreProvider;
 pub use super::v1beta1::TemplateEngineVersion;
@@ -215,7 +215,7 @@ pub struct SecretStoreSpec {
 pub struct SecretStoreStatus {
     /// Conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<SecretStoreStatusCondition>>,
+    pub conditions: Option<Vec<StatusCondition>>,
 }
 
 /// Desired state of a `ClusterSecretStore`; the same shape as a `SecretStore`.
