@@ -53,18 +53,16 @@ async fn kv_v2_and_v1_with_token_auth() {
     let Some(bao) = Bao::start(false).await else {
         return;
     };
-    bao.api(
+    bao.put_kv(
         None,
-        Method::POST,
-        "secret/data/app/db",
-        Some(json!({"data": {"password": "v2-first", "user": "app"}})),
+        "app/db",
+        json!({"password": "v2-first", "user": "app"}),
     )
     .await;
-    bao.api(
+    bao.put_kv(
         None,
-        Method::POST,
-        "secret/data/app/db",
-        Some(json!({"data": {"password": "v2-second", "user": "app"}})),
+        "app/db",
+        json!({"password": "v2-second", "user": "app"}),
     )
     .await;
     bao.api(
@@ -157,13 +155,8 @@ async fn a_token_without_permission_is_refused_at_once() {
     let Some(bao) = Bao::start(false).await else {
         return;
     };
-    bao.api(
-        None,
-        Method::POST,
-        "secret/data/app/db",
-        Some(json!({"data": {"password": "hidden"}})),
-    )
-    .await;
+    bao.put_kv(None, "app/db", json!({"password": "hidden"}))
+        .await;
     bao.api(
         None,
         Method::PUT,
@@ -252,13 +245,8 @@ async fn approle_login() {
         .as_str()
         .unwrap()
         .to_string();
-    bao.api(
-        None,
-        Method::POST,
-        "secret/data/app/db",
-        Some(json!({"data": {"password": "from-approle"}})),
-    )
-    .await;
+    bao.put_kv(None, "app/db", json!({"password": "from-approle"}))
+        .await;
 
     let auth = format!(
         "        appRole:\n          path: approle\n          roleId: {role_id}\n          secretRef:\n            name: approle\n            key: secret-id\n"
@@ -302,13 +290,8 @@ async fn tls_with_the_stores_ca_bundle() {
     let Some(bao) = Bao::start(true).await else {
         return;
     };
-    bao.api(
-        None,
-        Method::POST,
-        "secret/data/app/db",
-        Some(json!({"data": {"password": "over-tls"}})),
-    )
-    .await;
+    bao.put_kv(None, "app/db", json!({"password": "over-tls"}))
+        .await;
     let ca = base64::engine::general_purpose::STANDARD.encode(bao.ca_pem.as_ref().unwrap());
     let with_ca = format!("      caBundle: {ca}\n");
     let yaml = [
@@ -371,11 +354,10 @@ async fn no_cross_reads_between_two_namespaces_while_stores_are_recreated() {
         )
         .await;
         for i in 0..10 {
-            bao.api(
+            bao.put_kv(
                 Some(ns),
-                Method::POST,
-                &format!("secret/data/app/k{i}"),
-                Some(json!({"data": {"value": format!("{ns}-k{i}")}})),
+                &format!("app/k{i}"),
+                json!({"value": format!("{ns}-k{i}")}),
             )
             .await;
         }

@@ -186,6 +186,19 @@ impl Bao {
         })
     }
 
+    /// Writes a new version of `key` in the KV v2 engine mounted at
+    /// `secret/` (in `namespace`, when given), as root.
+    pub async fn put_kv(&self, namespace: Option<&str>, key: &str, data: Value) -> Value {
+        let path = format!("secret/data/{key}");
+        self.api(
+            namespace,
+            reqwest::Method::POST,
+            &path,
+            Some(json!({"data": data})),
+        )
+        .await
+    }
+
     /// A raw API call as root; panics on failure (test setup).
     pub async fn api(
         &self,
