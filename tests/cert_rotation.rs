@@ -52,18 +52,19 @@ async fn start(dir: &std::path::Path) -> Stack {
     certs::spawn_dir_watcher(dir.to_path_buf(), serving.clone(), stop.clone());
     let listener_socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener_socket.local_addr().unwrap();
-    let router = routes::webhook_router(
+    let service = routes::webhook_service(
         routes::WebhookSettings {
             max_body: 8 << 20,
             request_timeout: Duration::from_secs(8),
         },
-        metrics.http.clone(),
+        &metrics.http,
+        None,
     );
     let tls = listener::tls_config(serving).unwrap();
     tokio::spawn(listener::serve_tls(
         listener_socket,
         tls,
-        router,
+        service,
         metrics.certs.clone(),
         stop.clone(),
         Duration::from_secs(5),

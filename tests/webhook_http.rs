@@ -6,7 +6,7 @@ mod support;
 
 use std::{convert::Infallible, time::Duration};
 
-use axum::{Router, body::Body};
+use axum::body::Body;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -14,7 +14,7 @@ use keyhook::{
     metrics::Metrics,
     server::{
         Mode,
-        routes::{WebhookSettings, webhook_router},
+        routes::{WebhookService, WebhookSettings, webhook_service},
     },
 };
 use proptest::prelude::*;
@@ -26,17 +26,18 @@ const CONVERSION_REVIEW: &str =
     include_str!("fixtures/conversion/externalsecrets-v1alpha1-to-v1.json");
 const EXTERNAL_SECRET_V1: &str = include_str!("fixtures/apis/v1/externalsecret-full.yaml");
 
-fn router(max_body: usize, request_timeout: Duration) -> Router {
-    webhook_router(
+fn router(max_body: usize, request_timeout: Duration) -> WebhookService {
+    webhook_service(
         WebhookSettings {
             max_body,
             request_timeout,
         },
-        Metrics::new().http,
+        &Metrics::new().http,
+        None,
     )
 }
 
-async fn call(router: Router, request: Request<Body>) -> (StatusCode, String) {
+async fn call(router: WebhookService, request: Request<Body>) -> (StatusCode, String) {
     let response = router
         .oneshot(request)
         .await
@@ -406,5 +407,39 @@ proptest! {
         assert_answered("/mutate-pod", mangled(POD_REVIEW, &how))?;
         assert_answered("/convert", mangled(CONVERSION_REVIEW, &how))?;
         assert_answered("/validate-externalsecret", mangled(&external_secret_review("CREATE", external_secret()), &how))?;
+    }
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_route_and_status() {
+    let metrics = Metrics::new();
+    let service = webhook_service(
+        WebhookSettings {
+            max_body: 8 << 20,
+            request_timeout: Duration::from_secs(8),
+        },
+        &metrics.http,
+        None,
+    );
+    let requests = [
+        post("/mutate-pod", Some("application/json"), POD_REVIEW),
+        post("/mutate-pod", Some("application/json"), POD_REVIEW),
+        post("/mutate-pod", Some("text/plain"), POD_REVIEW),
+        post("/nowhere", Some("application/json"), POD_REVIEW),
+    ];
+    for request in requests {
+        call(service.clone(), request).await;
+    }
+
+    let text = metrics.encode().unwrap();
+    for line in [
+        r#"keyhook_http_requests_total{path="/mutate-pod",status="200"} 2"#,
+        r#"keyhook_http_requests_total{path="/mutate-pod",status="415"} 1"#,
+        r#"keyhook_http_requests_total{path="unmatched",status="404"} 1"#,
+        r#"keyhook_http_requests_total{path="/convert",status="200"} 0"#,
+        r#"keyhook_http_request_duration_seconds_count{path="/mutate-pod"} 3"#,
+        r#"keyhook_http_request_duration_seconds_count{path="unmatched"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
     }
 }

@@ -123,6 +123,57 @@ impl HttpMetrics {
         );
         Self { requests, duration }
     }
+
+    /// The handles of one route, resolved once: recording a request that
+    /// ends in the route's `usual` status then takes no lock and no label
+    /// lookup.
+    pub fn route(&self, path: &'static str, usual: u16) -> RouteMetrics {
+        RouteMetrics {
+            path,
+            duration: self.duration.get_or_create(&PathLabels { path }).clone(),
+            usual,
+            usual_count: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    path,
+                    status: usual,
+                })
+                .clone(),
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+/// One route's request metrics, from [`HttpMetrics::route`].
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    path: &'static str,
+    duration: Histogram,
+    usual: u16,
+    usual_count: Counter,
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl RouteMetrics {
+    /// The route template these metrics are labelled with.
+    pub fn path(&self) -> &'static str {
+        self.path
+    }
+
+    /// Counts one answered request and observes how long it took.
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        if status == self.usual {
+            self.usual_count.inc();
+        } else {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    path: self.path,
+                    status,
+                })
+                .inc();
+        }
+    }
 }
 
 /// Which certificate a metric is about.

@@ -3,7 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::Router;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
@@ -14,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::routes::WebhookService;
 use crate::metrics::CertMetrics;
 
 /// A client that connects and stalls is cut off after this.
@@ -37,13 +37,13 @@ pub fn tls_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts TLS connections on `listener` and serves `router` on them until
+/// Accepts TLS connections on `listener` and serves `service` on them until
 /// `shutdown` is cancelled; then stops accepting and lets in-flight requests
 /// finish for up to `grace`. Returns whether every connection drained.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
-    router: Router,
+    service: WebhookService,
     metrics: CertMetrics,
     shutdown: CancellationToken,
     grace: Duration,
@@ -81,7 +81,7 @@ pub async fn serve_tls(
         }
         let acceptor = acceptor.clone();
         let http = http.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(service.clone());
         let watcher = graceful.watcher();
         let metrics = metrics.clone();
         tokio::spawn(async move {

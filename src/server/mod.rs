@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod listener;
+pub mod record;
 pub mod routes;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -228,13 +229,12 @@ impl Server {
             max_body: args.max_body,
             request_timeout: args.request_timeout,
         };
-        let router =
-            routes::webhook_router(settings, metrics.http.clone()).layer(axum::Extension(injector));
+        let service = routes::webhook_service(settings, &metrics.http, Some(injector));
         let tls = listener::tls_config(serving)?;
         let drained = listener::serve_tls(
             webhook,
             tls,
-            router,
+            service,
             metrics.certs.clone(),
             shutdown,
             args.shutdown_grace,

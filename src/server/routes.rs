@@ -5,10 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    body::{Body, Bytes},
+    body::Bytes,
     extract::{FromRequest, Request, State},
     http::{StatusCode, header},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::post,
 };
@@ -21,10 +20,12 @@ use kube::core::{
     conversion::{ConversionResponse, ConversionReview},
 };
 
+use super::record::RecordRequests;
 use crate::{
     admission::{self, ReviewError},
     apis::{self, validate},
-    metrics::{HttpMetrics, PathLabels, RequestLabels},
+    injection::Injector,
+    metrics::HttpMetrics,
 };
 
 /// The pod mutating webhook.
@@ -55,14 +56,27 @@ pub struct WebhookSettings {
     pub request_timeout: Duration,
 }
 
+/// What every webhook handler shares.
 #[derive(Clone)]
-struct WebhookState {
-    settings: Arc<WebhookSettings>,
+struct WebhookState(Arc<SharedState>);
+
+struct SharedState {
+    settings: WebhookSettings,
+    injector: Option<Injector>,
 }
 
-/// The router of the HTTPS webhook listener.
-pub fn webhook_router(settings: WebhookSettings, metrics: HttpMetrics) -> Router {
-    Router::new()
+/// The service of the HTTPS webhook listener: its routes, every request
+/// counted and timed.
+pub type WebhookService = RecordRequests<Router>;
+
+/// The webhooks, with `injector` behind `/mutate-pod` (without one, pods
+/// pass through unchanged).
+pub fn webhook_service(
+    settings: WebhookSettings,
+    metrics: &HttpMetrics,
+    injector: Option<Injector>,
+) -> WebhookService {
+    let router = Router::new()
         .route(MUTATE_POD, post(mutate_pod))
         .route(CONVERT, post(convert))
         .route(
@@ -79,22 +93,20 @@ pub fn webhook_router(settings: WebhookSettings, metrics: HttpMetrics) -> Router
         )
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(WebhookState {
-            settings: Arc::new(settings),
-        })
-        .layer(middleware::from_fn_with_state(metrics, record_request))
+        .with_state(WebhookState(Arc::new(SharedState { settings, injector })));
+    RecordRequests::new(router, metrics, ROUTES)
 }
 
-/// `/mutate-pod`: the injector (an [`axum::Extension`] the server adds)
-/// decides; without one, pods pass through unchanged.
+/// `/mutate-pod`: the injector decides; without one, pods pass through
+/// unchanged.
 async fn mutate_pod(
-    injector: Option<axum::Extension<crate::injection::Injector>>,
+    State(state): State<WebhookState>,
     body: ReviewBody,
 ) -> Result<Response, ReviewError> {
     let request = admission::decode_admission(&body.bytes)?;
     let response = admission::admit_within(body.time_left(), &request, async {
-        match &injector {
-            Some(axum::Extension(injector)) => injector.admit(&request, body.answer_by).await,
+        match &state.0.injector {
+            Some(injector) => injector.admit(&request, body.answer_by).await,
             None => admission::pod::mutate(&request),
         }
     })
@@ -182,8 +194,8 @@ impl FromRequest<WebhookState> for ReviewBody {
     type Rejection = ReviewError;
 
     async fn from_request(request: Request, state: &WebhookState) -> Result<Self, Self::Rejection> {
-        let answer_by = Instant::now() + state.settings.request_timeout;
-        let settings = &state.settings;
+        let settings = &state.0.settings;
+        let answer_by = Instant::now() + settings.request_timeout;
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -222,32 +234,6 @@ impl FromRequest<WebhookState> for ReviewBody {
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     essence.eq_ignore_ascii_case("application/json")
-}
-
-async fn record_request(
-    State(metrics): State<HttpMetrics>,
-    request: Request<Body>,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
-    let path: &'static str = ROUTES
-        .iter()
-        .find(|r| **r == path)
-        .map_or("unmatched", |r| r);
-    let start = Instant::now();
-    let response = next.run(request).await;
-    metrics
-        .duration
-        .get_or_create(&PathLabels { path })
-        .observe(start.elapsed().as_secs_f64());
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            path,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
 }
 
 #[cfg(test)]
