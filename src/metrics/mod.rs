@@ -376,6 +376,16 @@ pub enum PodInjectionResult {
     FailedOpen,
 }
 
+impl PodInjectionResult {
+    /// Every result, in declaration order (`result as usize` indexes it).
+    const ALL: [Self; 4] = [
+        Self::Injected,
+        Self::Unchanged,
+        Self::Denied,
+        Self::FailedOpen,
+    ];
+}
+
 label_values!(PodInjectionResult {
     Injected => "injected",
     Unchanged => "unchanged",
@@ -392,10 +402,28 @@ pub struct PodInjectionLabels {
 
 /// Pod admissions, on every replica. Their latency is
 /// `keyhook_http_request_duration_seconds{path="/mutate-pod"}`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PodInjectionMetrics {
     /// `keyhook_injections_total{result}`.
     pub injections: Family<PodInjectionLabels, Counter>,
+    /// The counter of each result, resolved once: every admission counts
+    /// one, and a label lookup takes the family's lock.
+    by_result: [Counter; 4],
+}
+
+impl Default for PodInjectionMetrics {
+    fn default() -> Self {
+        let injections = Family::<PodInjectionLabels, Counter>::default();
+        let by_result = PodInjectionResult::ALL.map(|result| {
+            injections
+                .get_or_create(&PodInjectionLabels { result })
+                .clone()
+        });
+        Self {
+            injections,
+            by_result,
+        }
+    }
 }
 
 impl PodInjectionMetrics {
@@ -411,9 +439,7 @@ impl PodInjectionMetrics {
 
     /// Counts one admission.
     pub fn record(&self, result: PodInjectionResult) {
-        self.injections
-            .get_or_create(&PodInjectionLabels { result })
-            .inc();
+        self.by_result[result as usize].inc();
     }
 }
 
@@ -539,6 +565,26 @@ mod tests {
             "keyhook_provider_coalesced_total 0",
         ] {
             assert!(leader.contains(line), "{line} missing from {leader}");
+        }
+    }
+
+    #[test]
+    fn each_injection_result_counts_under_its_own_label() {
+        for (position, result) in PodInjectionResult::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, position, "{result:?}");
+        }
+        let metrics = Metrics::new();
+        metrics.injections.record(PodInjectionResult::FailedOpen);
+        metrics.injections.record(PodInjectionResult::Unchanged);
+        metrics.injections.record(PodInjectionResult::Unchanged);
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"keyhook_injections_total{result="failed_open"} 1"#,
+            r#"keyhook_injections_total{result="unchanged"} 2"#,
+            r#"keyhook_injections_total{result="injected"} 0"#,
+            r#"keyhook_injections_total{result="denied"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
         }
     }
 
