@@ -73,7 +73,7 @@ struct AdmissionEnvelope<T: Resource> {
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<AdmissionRequest<T>>,
+    request: Option<Box<AdmissionRequest<T>>>,
 }
 
 /// A ConversionReview as it arrives; see [`AdmissionEnvelope`].
@@ -89,7 +89,11 @@ struct ConversionEnvelope {
 
 /// Decodes an `admission.k8s.io/v1` AdmissionReview and returns its request,
 /// with the object as `T` (a typed resource, or a `DynamicObject`).
-pub fn decode_admission<T>(body: &[u8]) -> Result<AdmissionRequest<T>, ReviewError>
+///
+/// The request is boxed where serde builds it: it is ~1.5 KB, and would
+/// otherwise be copied out of the review, out of this function and into
+/// the handler's future.
+pub fn decode_admission<T>(body: &[u8]) -> Result<Box<AdmissionRequest<T>>, ReviewError>
 where
     T: Resource + DeserializeOwned,
 {
@@ -348,12 +352,13 @@ mod tests {
 
     #[test]
     fn a_patch_is_answered_as_base64() {
-        let request: AdmissionRequest<DynamicObject> =
-            decode_admission(POD_REVIEW.as_bytes()).unwrap();
+        let request = decode_admission::<DynamicObject>(POD_REVIEW.as_bytes()).unwrap();
         let patch: json_patch::Patch =
             serde_json::from_str(r#"[{"op":"add","path":"/metadata/annotations/a","value":"b"}]"#)
                 .unwrap();
-        let response = AdmissionResponse::from(&request).with_patch(patch).unwrap();
+        let response = AdmissionResponse::from(&*request)
+            .with_patch(patch)
+            .unwrap();
         let review = serde_json::to_value(AdmissionAnswer::from(response)).unwrap();
         assert_eq!(review["response"]["patchType"], "JSONPatch");
         assert_eq!(
@@ -371,7 +376,7 @@ mod tests {
         let request = decode_admission::<DynamicObject>(POD_REVIEW.as_bytes()).unwrap();
         let slow = async {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            AdmissionResponse::from(&request)
+            AdmissionResponse::from(&*request)
         };
         let response = admit_within(Duration::from_secs(8), &request, slow).await;
         assert!(!response.allowed);
