@@ -32,7 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "tests/fixtures/admission/pod-create-deployment.json".to_string());
-    let body = std::fs::read(&path)?;
+    // Compact, as the apiserver sends it (the fixture is indented to be read).
+    let body = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(&path)?,
+    )?)?;
     // Both must decode before they are timed.
     decode_admission::<AdmittedPod>(&body)?;
     decode_admission::<Pod>(&body)?;

@@ -152,7 +152,7 @@ def serve_bench():
             ratios = sorted(a['rate'] / b['rate'] for a, b in zip(ks, fs))
             failed = sum(r['failed'] for r in ks)
             print(f"{streams:>7} {k['rate']:>14.0f} {k['p50']:>7.2f} {k['p99']:>7.2f} {f['rate']:>12.0f} "
-                  f"{f['p99']:>9.2f} {k['rate']/f['rate']:>6.2f}  {ratios[0]:.2f}-{ratios[-1]:.2f}"
+                  f"{f['p99']:>9.2f} {k['rate']/f['rate']:>6.2f}  {ratios[0]:.2f}-{ratios[-1]:.2f} (paired median {statistics.median(ratios):.2f})"
                   + (f"  ({failed} failed)" if failed else ""))
         print(f"peak RSS under load: {rss_kib(proc.pid, 'VmHWM')/1024:.1f} MiB")
         steady = h2load(port, review, 1, clients=4, rps=500, duration=10)
