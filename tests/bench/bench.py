@@ -3,7 +3,7 @@
 over TLS + HTTP/2 and prints the figures the issues ask for.
 
   bench.py serve       pod AdmissionReview at 1/16/64 streams, keyhook vs floor
-                       taking turns (median of BENCH_ROUNDS=5 runs of
+                       taking turns (median of BENCH_ROUNDS=7 runs of
                        BENCH_REQUESTS=40000 each), a steady 2,000 req/s
                        latency run, start-to-ready, RSS
   bench.py conversion  a ConversionReview of 100 ExternalSecrets v1alpha1 -> v1
@@ -18,7 +18,7 @@ FLOOR = os.path.join(ROOT, "target", "release", "examples", "floor_server")
 POD_REVIEW = os.path.join(ROOT, "tests", "fixtures", "admission", "pod-create-deployment.json")
 CONVERSION_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "conversion", "externalsecrets-v1alpha1-to-v1.json")
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "40000"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 
 
 def free_port():
