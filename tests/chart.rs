@@ -1094,6 +1094,15 @@ fn the_deployment_passes_only_flags_keyhook_serve_accepts() {
             .with("replicaCount=1")
             .with("logging.format=text"),
     );
+    let tuned = Scenario::new("self-managed", Platform::Kubernetes)
+        .with("injection.refreshJitter=25%")
+        .with("injection.refreshCatchup=5m")
+        .with("injection.gcGrace=1h");
+    let r = tuned.render();
+    assert_eq!(r.args_of("--refresh-jitter"), ["25%"]);
+    assert_eq!(r.args_of("--refresh-catchup"), ["5m"]);
+    assert_eq!(r.args_of("--gc-grace"), ["1h"]);
+    cases.push(tuned);
     for scenario in cases {
         let r = scenario.render();
         let args = r.args();
@@ -1449,7 +1458,7 @@ fn bad_values_fail_rendering_with_a_clear_message() {
         return;
     }
     // Checked by values.schema.json: `helm lint` refuses them too.
-    let schema_cases: [(&[&str], &[&str]); 5] = [
+    let schema_cases: [(&[&str], &[&str]); 7] = [
         (
             &["certs.mode=bogus"],
             &[
@@ -1464,6 +1473,14 @@ fn bad_values_fail_rendering_with_a_clear_message() {
             &["/webhook/podFailurePolicy", "'Fail', 'Ignore'"],
         ),
         (&["webhook.timeoutSeconds=60"], &["/webhook/timeoutSeconds"]),
+        (
+            &["injection.refreshJitter=80%"],
+            &["/injection/refreshJitter"],
+        ),
+        (
+            &["injection.refreshCatchup=0s"],
+            &["/injection/refreshCatchup"],
+        ),
     ];
     // Checked by the templates, whose `fail` says what to set; `helm lint`
     // only logs those by design, so they are checked on render alone.
