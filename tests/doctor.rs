@@ -98,12 +98,23 @@ async fn the_doctor_dials_the_ready_endpoint_and_judges_every_bundle() {
         api.expect("GET", &format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions?&{SELECTOR}"))
             .await
             .respond(200, &list("CustomResourceDefinition", "apiextensions.k8s.io/v1", vec![fixture("crd-externalsecrets.json")]));
+        // The metrics port comes first: the doctor must dial the port the
+        // webhooks name (443), not the Service's first one.
+        let mut service = fixture("service-keyhook.json");
+        service["spec"]["ports"].as_array_mut().unwrap().insert(
+            0,
+            json!({"name": "metrics", "port": 8081, "protocol": "TCP", "targetPort": "metrics"}),
+        );
         api.expect("GET", "/api/v1/namespaces/keyhook/services/keyhook")
             .await
-            .respond(200, &fixture("service-keyhook.json"));
+            .respond(200, &service);
         let mut slices = fixture("endpointslice-list-keyhook.json");
         slices["items"][0]["endpoints"][0]["addresses"][0] = "127.0.0.1".into();
         slices["items"][0]["ports"][0]["port"] = addr.port().into();
+        slices["items"][0]["ports"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!({"name": "metrics", "port": 8081, "protocol": "TCP"}));
         api.expect(
             "GET",
             "/apis/discovery.k8s.io/v1/namespaces/keyhook/endpointslices?&labelSelector=kubernetes.io%2Fservice-name%3Dkeyhook",
@@ -115,7 +126,7 @@ async fn the_doctor_dials_the_ready_endpoint_and_judges_every_bundle() {
             .respond(200, &fixture("apiservice-list.json"));
 
         let gathered = gather.await.unwrap().unwrap();
-        let probe = &gathered.services[&("keyhook".to_string(), "keyhook".to_string())];
+        let probe = &gathered.services[&("keyhook".to_string(), "keyhook".to_string(), 443)];
         assert_eq!(probe.ready_endpoints, [addr], "the terminating endpoint is not dialed");
 
         let lines = doctor::evaluate(&gathered, "cluster.local", now.unix_timestamp());
@@ -142,7 +153,7 @@ fn gathered_with(bundle: Option<&str>, probe: doctor::ServiceProbe) -> doctor::G
     object.client_configs[0].ca_bundle = bundle.map(String::from);
     doctor::Gathered {
         objects: vec![object],
-        services: [(("keyhook".to_string(), "keyhook".to_string()), probe)].into(),
+        services: [(("keyhook".to_string(), "keyhook".to_string(), 443), probe)].into(),
         api_services: Vec::new(),
     }
 }
@@ -151,16 +162,54 @@ fn gathered_with(bundle: Option<&str>, probe: doctor::ServiceProbe) -> doctor::G
 fn a_service_without_ready_endpoints_is_a_finding_with_a_command_to_run() {
     let probe = doctor::ServiceProbe {
         ready_endpoints: Vec::new(),
-        served: Err("no ready endpoint".into()),
+        served: Err("it has no ready endpoints".into()),
     };
     let lines = doctor::evaluate(&gathered_with(Some("PEM"), probe), "cluster.local", 0);
     assert_eq!(
         lines,
         [Line::Finding {
-            problem: "MutatingWebhookConfiguration/keyhook webhook pods.keyhook.io calls Service keyhook/keyhook, which has no ready endpoints".into(),
-            fix: "check the keyhook pods: kubectl -n keyhook get pods,endpointslices -l kubernetes.io/service-name=keyhook; kubectl -n keyhook describe pods".into(),
+            problem: "MutatingWebhookConfiguration/keyhook webhook pods.keyhook.io calls Service keyhook/keyhook port 443: it has no ready endpoints".into(),
+            fix: "check the Service has port 443 and the keyhook pods are ready: kubectl -n keyhook get service keyhook; kubectl -n keyhook get pods,endpointslices -l kubernetes.io/service-name=keyhook; kubectl -n keyhook describe pods".into(),
         }]
     );
+}
+
+#[tokio::test]
+async fn a_service_without_the_webhooks_port_is_a_finding() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let ca = CertificateAuthority::generate(OffsetDateTime::now_utc()).unwrap();
+        let mut mwc = fixture("mutatingwebhookconfiguration-keyhook.json");
+        mwc["webhooks"][0]["clientConfig"]["caBundle"] = b64(ca.cert_pem()).into();
+        let (client, mut api) = ApiServerVerifier::new();
+        let gather = tokio::spawn(async move { doctor::gather(&client).await });
+        api.expect("GET", &format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations?&{SELECTOR}"))
+            .await
+            .respond(200, &list("MutatingWebhookConfiguration", "admissionregistration.k8s.io/v1", vec![mwc]));
+        api.expect("GET", &format!("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations?&{SELECTOR}"))
+            .await
+            .respond(200, &list("ValidatingWebhookConfiguration", "admissionregistration.k8s.io/v1", vec![]));
+        api.expect("GET", &format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions?&{SELECTOR}"))
+            .await
+            .respond(200, &list("CustomResourceDefinition", "apiextensions.k8s.io/v1", vec![]));
+        let mut service = fixture("service-keyhook.json");
+        service["spec"]["ports"][0]["port"] = 8443.into();
+        api.expect("GET", "/api/v1/namespaces/keyhook/services/keyhook")
+            .await
+            .respond(200, &service);
+        api.expect("GET", "/apis/apiregistration.k8s.io/v1/apiservices?")
+            .await
+            .respond(200, &list("APIService", "apiregistration.k8s.io/v1", vec![]));
+
+        let gathered = gather.await.unwrap().unwrap();
+        let lines = doctor::evaluate(&gathered, "cluster.local", 0);
+        assert!(
+            lines.iter().any(|l| matches!(l, Line::Finding { problem, .. }
+                if problem == "MutatingWebhookConfiguration/keyhook webhook pods.keyhook.io calls Service keyhook/keyhook port 443: the Service has no port 443")),
+            "{lines:#?}"
+        );
+    })
+    .await
+    .expect("scenario timed out");
 }
 
 #[test]

@@ -43,6 +43,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// one of these groups hijacks it from the CRDs.
 const SERVED_GROUP_SUFFIX: &str = "external-secrets.io";
 
+/// Why a Service port was not dialed when it has ports but no ready endpoint.
+const NO_READY_ENDPOINT: &str = "it has no ready endpoints";
+
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
@@ -90,8 +93,9 @@ pub struct ForeignApiService {
 pub struct Gathered {
     /// The managed webhook configurations and CRDs.
     pub objects: Vec<ManagedObject>,
-    /// Each Service they call, `(namespace, name)`, and what it served.
-    pub services: BTreeMap<(String, String), ServiceProbe>,
+    /// Each Service port they call, `(namespace, name, port)`, and what it
+    /// served.
+    pub services: BTreeMap<(String, String, u16), ServiceProbe>,
     /// APIServices claiming a group keyhook serves.
     pub api_services: Vec<ForeignApiService>,
 }
@@ -130,13 +134,22 @@ pub fn evaluate(gathered: &Gathered, cluster_domain: &str, now: i64) -> Vec<Line
                 });
                 continue;
             };
-            let Some(probe) = gathered.services.get(&(namespace.clone(), name.clone())) else {
+            let port = config.port;
+            let Some(probe) = gathered
+                .services
+                .get(&(namespace.clone(), name.clone(), port))
+            else {
                 continue;
             };
             if probe.ready_endpoints.is_empty() {
+                let why = probe
+                    .served
+                    .as_ref()
+                    .err()
+                    .map_or(NO_READY_ENDPOINT, String::as_str);
                 lines.push(Line::Finding {
-                    problem: format!("{place} calls Service {namespace}/{name}, which has no ready endpoints"),
-                    fix: format!("check the keyhook pods: kubectl -n {namespace} get pods,endpointslices -l kubernetes.io/service-name={name}; kubectl -n {namespace} describe pods"),
+                    problem: format!("{place} calls Service {namespace}/{name} port {port}: {why}"),
+                    fix: format!("check the Service has port {port} and the keyhook pods are ready: kubectl -n {namespace} get service {name}; kubectl -n {namespace} get pods,endpointslices -l kubernetes.io/service-name={name}; kubectl -n {namespace} describe pods"),
                 });
                 continue;
             }
@@ -239,8 +252,9 @@ fn judge_served(
     lines
 }
 
-/// Lists the managed objects and APIServices, and dials each Service's
-/// first ready endpoint with SNI `<svc>.<ns>.svc`, as the apiserver does.
+/// Lists the managed objects and APIServices, and dials the first ready
+/// endpoint of each Service port they call with SNI `<svc>.<ns>.svc`, as
+/// the apiserver does.
 pub async fn gather(client: &Client) -> Result<Gathered, ApiError> {
     let labelled = ListParams::default().labels(inject::PART_OF_SELECTOR);
     let list_error = |what: &str| {
@@ -271,16 +285,21 @@ pub async fn gather(client: &Client) -> Result<Gathered, ApiError> {
     }
 
     let mut services = BTreeMap::new();
-    let wanted: Vec<(String, String)> = objects
+    let wanted: Vec<(String, String, u16)> = objects
         .iter()
-        .flat_map(|o| o.client_configs.iter().filter_map(|c| c.service.clone()))
+        .flat_map(|o| {
+            o.client_configs
+                .iter()
+                .filter_map(|c| c.service.clone().map(|(ns, name)| (ns, name, c.port)))
+        })
         .collect();
-    for (namespace, name) in wanted {
-        if services.contains_key(&(namespace.clone(), name.clone())) {
+    for key in wanted {
+        if services.contains_key(&key) {
             continue;
         }
-        let probe = probe_service(client, &namespace, &name).await?;
-        services.insert((namespace, name), probe);
+        let (namespace, name, port) = &key;
+        let probe = probe_service(client, namespace, name, *port).await?;
+        services.insert(key, probe);
     }
 
     let api_services = Api::<APIService>::all(client.clone())
@@ -315,6 +334,7 @@ async fn probe_service(
     client: &Client,
     namespace: &str,
     name: &str,
+    port: u16,
 ) -> Result<ServiceProbe, ApiError> {
     let object = format!("Service {namespace}/{name}");
     let service = Api::<Service>::namespaced(client.clone(), namespace)
@@ -327,27 +347,36 @@ async fn probe_service(
             served: Err(format!("{object} does not exist")),
         });
     };
-    // The apiserver dials the Service port (443 unless the webhook says
-    // otherwise); the EndpointSlice port of the same name is the pod's.
-    let port_name = service
+    // The apiserver dials the Service port the webhook names (443 unless it
+    // says otherwise); the EndpointSlice port of the same name is the pod's.
+    // An unnamed port is `""` in EndpointSlices.
+    let service_port = service
         .spec
         .and_then(|s| s.ports)
-        .and_then(|ports| ports.into_iter().next())
-        .and_then(|p| p.name);
+        .into_iter()
+        .flatten()
+        .find(|p| i32::from(port) == p.port);
+    let Some(service_port) = service_port else {
+        return Ok(ServiceProbe {
+            ready_endpoints: Vec::new(),
+            served: Err(format!("the Service has no port {port}")),
+        });
+    };
+    let port_name = service_port.name.unwrap_or_default();
     let slices = Api::<EndpointSlice>::namespaced(client.clone(), namespace)
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={name}")))
         .await
         .map_err(|e| ApiError::from_kube("listing EndpointSlices of", object.clone(), e))?;
     let mut ready = Vec::new();
     for slice in slices {
-        let port = slice
+        let pod_port = slice
             .ports
             .iter()
             .flatten()
-            .find(|p| p.name == port_name)
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
             .and_then(|p| p.port)
             .and_then(|p| u16::try_from(p).ok());
-        let Some(port) = port else { continue };
+        let Some(pod_port) = pod_port else { continue };
         for endpoint in slice.endpoints {
             if endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(true) {
                 continue;
@@ -357,13 +386,13 @@ async fn probe_service(
                     .addresses
                     .iter()
                     .filter_map(|a| a.parse().ok())
-                    .map(|ip| SocketAddr::new(ip, port)),
+                    .map(|ip| SocketAddr::new(ip, pod_port)),
             );
         }
     }
     let served = match ready.first() {
         Some(addr) => fetch_chain(*addr, &format!("{name}.{namespace}.svc")).await,
-        None => Err("no ready endpoint".into()),
+        None => Err(NO_READY_ENDPOINT.into()),
     };
     Ok(ServiceProbe {
         ready_endpoints: ready,

@@ -136,6 +136,7 @@ mod tests {
                 webhook: Some("pods.keyhook.io".into()),
                 ca_bundle: None,
                 service: Some(("keyhook".into(), "keyhook".into())),
+                port: 443,
                 uses_url: false,
             }],
         }

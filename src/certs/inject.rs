@@ -62,8 +62,17 @@ pub struct ClientConfig {
     pub ca_bundle: Option<String>,
     /// The Service it calls, `(namespace, name)`.
     pub service: Option<(String, String)>,
+    /// The Service port it calls: the config's `service.port`, 443 when
+    /// it names none.
+    pub port: u16,
     /// Whether it calls a URL instead of a Service.
     pub uses_url: bool,
+}
+
+/// The port a client config calls: the apiserver defaults it to 443 (and
+/// validates it to 1–65535, so anything else is not a real config).
+fn service_port(port: Option<i32>) -> u16 {
+    port.and_then(|p| u16::try_from(p).ok()).unwrap_or(443)
 }
 
 impl ClientConfig {
@@ -107,6 +116,7 @@ macro_rules! webhook_configuration {
                         .service
                         .as_ref()
                         .map(|s| (s.namespace.clone(), s.name.clone())),
+                    port: service_port(hook.client_config.service.as_ref().and_then(|s| s.port)),
                     uses_url: hook.client_config.url.is_some(),
                 })
                 .collect();
@@ -149,6 +159,7 @@ impl ManagedObject {
                     service: config
                         .and_then(|c| c.service.as_ref())
                         .map(|s| (s.namespace.clone(), s.name.clone())),
+                    port: service_port(config.and_then(|c| c.service.as_ref()?.port)),
                     uses_url: config.is_some_and(|c| c.url.is_some()),
                 }
             })
