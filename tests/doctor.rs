@@ -11,6 +11,7 @@ use keyhook::{
     certs::{
         CertificateAuthority, PemBundle, ServiceIdentity, ServingCert,
         doctor::{self, Line},
+        inject::ServiceRef,
     },
     metrics::Metrics,
     server::listener,
@@ -126,7 +127,7 @@ async fn the_doctor_dials_the_ready_endpoint_and_judges_every_bundle() {
             .respond(200, &fixture("apiservice-list.json"));
 
         let gathered = gather.await.unwrap().unwrap();
-        let probe = &gathered.services[&("keyhook".to_string(), "keyhook".to_string(), 443)];
+        let probe = &gathered.services[&keyhook_https()];
         assert_eq!(probe.ready_endpoints, [addr], "the terminating endpoint is not dialed");
 
         let lines = doctor::evaluate(&gathered, "cluster.local", now.unix_timestamp());
@@ -146,6 +147,15 @@ async fn the_doctor_dials_the_ready_endpoint_and_judges_every_bundle() {
     .expect("scenario timed out");
 }
 
+/// The Service port the recorded webhook configurations call.
+fn keyhook_https() -> ServiceRef {
+    ServiceRef {
+        namespace: "keyhook".into(),
+        name: "keyhook".into(),
+        port: 443,
+    }
+}
+
 fn gathered_with(bundle: Option<&str>, probe: doctor::ServiceProbe) -> doctor::Gathered {
     let mut object = keyhook::certs::inject::ManagedObject::from_mutating(&support::typed(
         "mutatingwebhookconfiguration-keyhook.json",
@@ -153,7 +163,7 @@ fn gathered_with(bundle: Option<&str>, probe: doctor::ServiceProbe) -> doctor::G
     object.client_configs[0].ca_bundle = bundle.map(String::from);
     doctor::Gathered {
         objects: vec![object],
-        services: [(("keyhook".to_string(), "keyhook".to_string(), 443), probe)].into(),
+        services: [(keyhook_https(), probe)].into(),
         api_services: Vec::new(),
     }
 }

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use super::{
     Inspection, ServiceIdentity, TrustRoots,
     check::rfc3339,
-    inject::{self, ManagedObject},
+    inject::{self, ManagedObject, ServiceRef},
     store::ApiError,
 };
 
@@ -93,9 +93,8 @@ pub struct ForeignApiService {
 pub struct Gathered {
     /// The managed webhook configurations and CRDs.
     pub objects: Vec<ManagedObject>,
-    /// Each Service port they call, `(namespace, name, port)`, and what it
-    /// served.
-    pub services: BTreeMap<(String, String, u16), ServiceProbe>,
+    /// Each Service port they call, and what it served.
+    pub services: BTreeMap<ServiceRef, ServiceProbe>,
     /// APIServices claiming a group keyhook serves.
     pub api_services: Vec<ForeignApiService>,
 }
@@ -117,10 +116,15 @@ pub fn evaluate(gathered: &Gathered, cluster_domain: &str, now: i64) -> Vec<Line
     for object in &gathered.objects {
         for config in &object.client_configs {
             let place = format!("{} {}", object.reference, config.location());
-            let Some((namespace, name)) = config.service.clone() else {
+            let Some(service) = &config.service else {
                 lines.push(Line::Ok(format!("{place} calls a URL; not checked")));
                 continue;
             };
+            let ServiceRef {
+                namespace,
+                name,
+                port,
+            } = service;
             let identity = ServiceIdentity {
                 name: name.clone(),
                 namespace: namespace.clone(),
@@ -134,11 +138,7 @@ pub fn evaluate(gathered: &Gathered, cluster_domain: &str, now: i64) -> Vec<Line
                 });
                 continue;
             };
-            let port = config.port;
-            let Some(probe) = gathered
-                .services
-                .get(&(namespace.clone(), name.clone(), port))
-            else {
+            let Some(probe) = gathered.services.get(service) else {
                 continue;
             };
             if probe.ready_endpoints.is_empty() {
@@ -285,21 +285,16 @@ pub async fn gather(client: &Client) -> Result<Gathered, ApiError> {
     }
 
     let mut services = BTreeMap::new();
-    let wanted: Vec<(String, String, u16)> = objects
+    let wanted: Vec<ServiceRef> = objects
         .iter()
-        .flat_map(|o| {
-            o.client_configs
-                .iter()
-                .filter_map(|c| c.service.clone().map(|(ns, name)| (ns, name, c.port)))
-        })
+        .flat_map(|o| o.client_configs.iter().filter_map(|c| c.service.clone()))
         .collect();
-    for key in wanted {
-        if services.contains_key(&key) {
+    for service in wanted {
+        if services.contains_key(&service) {
             continue;
         }
-        let (namespace, name, port) = &key;
-        let probe = probe_service(client, namespace, name, *port).await?;
-        services.insert(key, probe);
+        let probe = probe_service(client, &service).await?;
+        services.insert(service, probe);
     }
 
     let api_services = Api::<APIService>::all(client.clone())
@@ -330,12 +325,12 @@ pub async fn gather(client: &Client) -> Result<Gathered, ApiError> {
     })
 }
 
-async fn probe_service(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    port: u16,
-) -> Result<ServiceProbe, ApiError> {
+async fn probe_service(client: &Client, service: &ServiceRef) -> Result<ServiceProbe, ApiError> {
+    let ServiceRef {
+        namespace,
+        name,
+        port,
+    } = service;
     let object = format!("Service {namespace}/{name}");
     let service = Api::<Service>::namespaced(client.clone(), namespace)
         .get_opt(name)
@@ -355,7 +350,7 @@ async fn probe_service(
         .and_then(|s| s.ports)
         .into_iter()
         .flatten()
-        .find(|p| i32::from(port) == p.port);
+        .find(|p| i32::from(*port) == p.port);
     let Some(service_port) = service_port else {
         return Ok(ServiceProbe {
             ready_endpoints: Vec::new(),

@@ -118,7 +118,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        certs::inject::{ClientConfig, ObjectRef},
+        certs::inject::{ClientConfig, ObjectRef, ServiceRef},
         metrics::InjectionKind,
     };
 
@@ -135,8 +135,11 @@ mod tests {
             client_configs: vec![ClientConfig {
                 webhook: Some("pods.keyhook.io".into()),
                 ca_bundle: None,
-                service: Some(("keyhook".into(), "keyhook".into())),
-                port: 443,
+                service: Some(ServiceRef {
+                    namespace: "keyhook".into(),
+                    name: "keyhook".into(),
+                    port: 443,
+                }),
                 uses_url: false,
             }],
         }

@@ -60,19 +60,38 @@ pub struct ClientConfig {
     pub webhook: Option<String>,
     /// The caBundle, PEM text; `None` when unset or not UTF-8.
     pub ca_bundle: Option<String>,
-    /// The Service it calls, `(namespace, name)`.
-    pub service: Option<(String, String)>,
-    /// The Service port it calls: the config's `service.port`, 443 when
-    /// it names none.
-    pub port: u16,
+    /// The Service it calls.
+    pub service: Option<ServiceRef>,
     /// Whether it calls a URL instead of a Service.
     pub uses_url: bool,
 }
 
-/// The port a client config calls: the apiserver defaults it to 443 (and
-/// validates it to 1–65535, so anything else is not a real config).
-fn service_port(port: Option<i32>) -> u16 {
-    port.and_then(|p| u16::try_from(p).ok()).unwrap_or(443)
+/// The Service port a client config calls.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The Service port: the config's `service.port`, 443 when it names none.
+    pub port: u16,
+}
+
+impl ServiceRef {
+    /// From the fields both webhook and CRD client configs have. The
+    /// apiserver validates a set port to 1–65535 and defaults it to 443.
+    fn new(namespace: &str, name: &str, port: Option<i32>) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            port: port.and_then(|p| u16::try_from(p).ok()).unwrap_or(443),
+        }
+    }
+
+    /// Whether it is the Service `identity` names (on any port).
+    pub fn is(&self, identity: &ServiceIdentity) -> bool {
+        self.namespace == identity.namespace && self.name == identity.name
+    }
 }
 
 impl ClientConfig {
@@ -115,8 +134,7 @@ macro_rules! webhook_configuration {
                         .client_config
                         .service
                         .as_ref()
-                        .map(|s| (s.namespace.clone(), s.name.clone())),
-                    port: service_port(hook.client_config.service.as_ref().and_then(|s| s.port)),
+                        .map(|s| ServiceRef::new(&s.namespace, &s.name, s.port)),
                     uses_url: hook.client_config.url.is_some(),
                 })
                 .collect();
@@ -158,8 +176,7 @@ impl ManagedObject {
                     ca_bundle: bundle_text(config.and_then(|c| c.ca_bundle.as_ref())),
                     service: config
                         .and_then(|c| c.service.as_ref())
-                        .map(|s| (s.namespace.clone(), s.name.clone())),
-                    port: service_port(config.and_then(|c| c.service.as_ref()?.port)),
+                        .map(|s| ServiceRef::new(&s.namespace, &s.name, s.port)),
                     uses_url: config.is_some_and(|c| c.url.is_some()),
                 }
             })
@@ -179,9 +196,7 @@ impl ManagedObject {
     pub fn carries(&self, bundle: &str, service: &ServiceIdentity) -> bool {
         self.client_configs.iter().all(|config| {
             config.ca_bundle.as_deref().map(str::trim) == Some(bundle.trim())
-                && (config.uses_url
-                    || config.service.as_ref()
-                        == Some(&(service.namespace.clone(), service.name.clone())))
+                && (config.uses_url || config.service.as_ref().is_some_and(|s| s.is(service)))
         })
     }
 
