@@ -202,11 +202,9 @@ async fn a_token_without_permission_is_refused_at_once() {
     );
 }
 
-#[tokio::test]
-async fn approle_login() {
-    let Some(bao) = Bao::start(false).await else {
-        return;
-    };
+/// Enables AppRole with a role `keyhook` reading `secret/data/*`, its token
+/// shaped by `role` options; returns the role's id and a fresh secret id.
+async fn approle(bao: &Bao, role: serde_json::Value) -> (String, String) {
     bao.api(
         None,
         Method::POST,
@@ -221,11 +219,15 @@ async fn approle_login() {
         Some(json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }"})),
     )
     .await;
+    let mut options = json!({"token_policies": ["reader"]});
+    if let (Some(options), Some(role)) = (options.as_object_mut(), role.as_object()) {
+        options.extend(role.clone());
+    }
     bao.api(
         None,
         Method::POST,
         "auth/approle/role/keyhook",
-        Some(json!({"token_policies": ["reader"]})),
+        Some(options),
     )
     .await;
     let role_id = bao
@@ -245,12 +247,25 @@ async fn approle_login() {
         .as_str()
         .unwrap()
         .to_string();
+    (role_id, secret_id)
+}
+
+fn approle_auth(role_id: &str) -> String {
+    format!(
+        "        appRole:\n          path: approle\n          roleId: {role_id}\n          secretRef:\n            name: approle\n            key: secret-id\n"
+    )
+}
+
+#[tokio::test]
+async fn approle_login() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    let (role_id, secret_id) = approle(&bao, json!({})).await;
     bao.put_kv(None, "app/db", json!({"password": "from-approle"}))
         .await;
 
-    let auth = format!(
-        "        appRole:\n          path: approle\n          roleId: {role_id}\n          secretRef:\n            name: approle\n            key: secret-id\n"
-    );
+    let auth = approle_auth(&role_id);
     let yaml = [
         secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
         vault_store("approle", &bao.addr, "", &auth),
@@ -283,6 +298,46 @@ async fn approle_login() {
             && err.to_string().contains("auth/approle"),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn a_logged_in_token_is_replaced_before_its_lease_ends() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    // Tokens of this role live three seconds and cannot be renewed past it.
+    let (role_id, secret_id) =
+        approle(&bao, json!({"token_ttl": "3s", "token_max_ttl": "3s"})).await;
+    bao.put_kv(None, "app/db", json!({"password": "leased"}))
+        .await;
+    let yaml = [
+        secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
+        vault_store("approle", &bao.addr, "", &approle_auth(&role_id)),
+    ]
+    .join("---\n");
+    let (providers, _) = layer(&yaml);
+    let store = StoreRef::secret_store("approle");
+    let reference = RemoteRef::key("app/db").with_property("password");
+
+    let first = providers.client(&store, "shop", soon()).await.unwrap();
+    let value = first.get_secret(&reference, soon()).await.unwrap();
+    assert_eq!(value.expose(), b"leased");
+    assert_eq!(providers.clients_built(), 1);
+
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    // The first login's token is gone: a client that kept it would fail now.
+    let stale = first.get_secret(&reference, soon()).await.unwrap_err();
+    assert!(
+        matches!(&stale, ProviderError::PermissionDenied { .. }),
+        "{stale:?}"
+    );
+    // The layer retired that client at two thirds of the lease and logs in again.
+    let value = providers
+        .get_secret(&store, "shop", &reference, soon())
+        .await
+        .unwrap();
+    assert_eq!(value.expose(), b"leased");
+    assert_eq!(providers.clients_built(), 2);
 }
 
 #[tokio::test]

@@ -3,9 +3,14 @@
 //! A client is cached under its store's full identity ([`ClientKey`]); moka's
 //! `try_get_with` builds it exactly once per key however many callers need it
 //! at the same instant, and callers for other keys never wait on that build.
+//! A client leaves the cache when it has been idle for `client_idle`, when
+//! its store or credential Secret changes, or at two thirds of the lifetime
+//! of the credentials it logged in with (a Vault token's lease): the next
+//! caller then builds a fresh one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -65,6 +70,23 @@ impl ClientKey {
 
 type StoreId = (StoreKind, Option<String>, String);
 
+/// Expires a client at two thirds of its credentials' lifetime, while they
+/// still work for the fetches under way; reads do not extend it.
+struct RetireBeforeCredentialsExpire;
+
+impl moka::Expiry<ClientKey, Arc<StoreClient>> for RetireBeforeCredentialsExpire {
+    fn expire_after_create(
+        &self,
+        _key: &ClientKey,
+        client: &Arc<StoreClient>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        client
+            .credentials_lifetime()
+            .map(|lifetime| lifetime * 2 / 3)
+    }
+}
+
 /// The provider layer's entry point: resolves stores for a namespace and
 /// hands out their cached clients.
 pub struct Providers {
@@ -88,8 +110,10 @@ impl Providers {
         let gauge = metrics.clients.clone();
         let clients = moka::future::Cache::builder()
             .time_to_idle(settings.client_idle)
-            .eviction_listener(move |_, _, _| {
+            .expire_after(RetireBeforeCredentialsExpire)
+            .eviction_listener(move |key: Arc<ClientKey>, _, cause| {
                 gauge.dec();
+                tracing::debug!(store = %key.name, namespace = ?key.namespace, ?cause, "client retired");
             })
             .build();
         Self {

@@ -103,6 +103,11 @@ impl StoreClient {
         }
     }
 
+    /// How long the credentials this client was built with stay valid.
+    pub(crate) fn credentials_lifetime(&self) -> Option<Duration> {
+        self.backend.credentials_lifetime()
+    }
+
     /// Runs one operation through the pipeline. Identical concurrent calls
     /// share one backend call, which runs under the first caller's deadline;
     /// each caller still stops waiting at its own.

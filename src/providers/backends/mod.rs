@@ -94,6 +94,21 @@ pub enum Backend {
     OnePassword(onepassword::OnePasswordClient),
 }
 
+impl Backend {
+    /// How long the credentials this client was built with stay valid
+    /// (a Vault token from a login); `None` when they do not expire while
+    /// the client lives.
+    pub fn credentials_lifetime(&self) -> Option<std::time::Duration> {
+        match self {
+            Backend::Vault(c) => c.credentials_lifetime(),
+            Backend::Fake(_)
+            | Backend::Kubernetes(_)
+            | Backend::Aws(_)
+            | Backend::OnePassword(_) => None,
+        }
+    }
+}
+
 impl SecretsClient for Backend {
     async fn get_secret(&self, reference: &RemoteRef) -> Result<SecretValue, BackendError> {
         match self {

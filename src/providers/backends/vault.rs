@@ -4,6 +4,12 @@
 //! Kubernetes auth method (`kubernetes`, with a token from a Secret or a
 //! service account). `namespace` is sent as `X-Vault-Namespace` on reads;
 //! `auth.namespace` (defaulting to it) on the login call.
+//!
+//! A token from a login (AppRole, Kubernetes) expires with its lease; the
+//! client reports the lease in [`VaultClient::credentials_lifetime`] and the
+//! client cache retires it before then, so the next fetch logs in afresh.
+
+use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
@@ -23,6 +29,15 @@ pub struct VaultClient {
     mount: String,
     version: VaultKvVersion,
     headers: HeaderMap,
+    /// The lease of a token this client logged in for; `None` for a token
+    /// given in a Secret (its owner renews it) or one that never expires.
+    lease: Option<Duration>,
+}
+
+/// A token, and how long Vault leased it for.
+struct Login {
+    token: SecretValue,
+    lease: Option<Duration>,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -31,6 +46,7 @@ impl std::fmt::Debug for VaultClient {
             .field("server", &self.server)
             .field("mount", &self.mount)
             .field("version", &self.version)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -89,24 +105,35 @@ impl VaultClient {
             mount,
             version: config.version,
             headers,
+            lease: None,
         };
-        let token = client.login(ctx, config).await?;
-        let (name, value) = header(TOKEN_HEADER, token.expose())
+        let login = client.login(ctx, config).await?;
+        let (name, value) = header(TOKEN_HEADER, login.token.expose())
             .map_err(|_| ctx.build_error("the Vault token is not a valid header value"))?;
         client.headers.insert(name, value);
+        client.lease = login.lease;
         Ok(client)
+    }
+
+    /// How long the token this client logged in for stays valid from the
+    /// build; `None` when it does not expire on keyhook's watch.
+    pub fn credentials_lifetime(&self) -> Option<Duration> {
+        self.lease
     }
 
     async fn login(
         &self,
         ctx: &BuildContext<'_>,
         config: &VaultProvider,
-    ) -> Result<SecretValue, ProviderError> {
+    ) -> Result<Login, ProviderError> {
         let Some(auth) = &config.auth else {
             return Err(ctx.build_error("spec.provider.vault.auth is required"));
         };
         if let Some(token) = &auth.token_secret_ref {
-            return ctx.secret_key(token).await;
+            return Ok(Login {
+                token: ctx.secret_key(token).await?,
+                lease: None,
+            });
         }
         let (mount, body) = if let Some(app_role) = &auth.app_role {
             let role_id = match &app_role.role_ref {
@@ -187,7 +214,7 @@ impl VaultClient {
                 error_message(&answer)
             )));
         }
-        answer
+        let token = answer
             .pointer("/auth/client_token")
             .and_then(Value::as_str)
             .map(SecretValue::from)
@@ -195,7 +222,14 @@ impl VaultClient {
                 ctx.build_error(format!(
                     "login at auth/{mount}: no client_token in the answer"
                 ))
-            })
+            })?;
+        // A lease of 0 is a token without a TTL.
+        let lease = answer
+            .pointer("/auth/lease_duration")
+            .and_then(Value::as_u64)
+            .filter(|seconds| *seconds > 0)
+            .map(Duration::from_secs);
+        Ok(Login { token, lease })
     }
 
     /// The key's data object.
