@@ -12,10 +12,12 @@ use std::time::Duration;
 use keyhook::admission::decode_admission;
 use keyhook::clock::{Clock, TokioClock};
 use keyhook::injection::{
-    ClusterSecrets, Injector, ManagedSecret, Reference, SecretBackend, SecretSpec,
+    ClusterSecrets, Injector, ManagedSecret, MeteredSecrets, Reference, SecretBackend, SecretSpec,
 };
-use keyhook::metrics::PodInjectionMetrics;
 use keyhook::metrics::providers::ProviderMetrics;
+use keyhook::metrics::{
+    PodInjectionMetrics, SecretWrite, SecretWriteLabels, SecretWriteMetrics, WriteResult,
+};
 use keyhook::providers::{FileCatalog, ProviderSettings, Providers, SecretValue, StoreKind};
 use serde_json::json;
 use support::{ApiServerVerifier, fixture, not_found};
@@ -47,18 +49,27 @@ fn demo_spec() -> SecretSpec {
     }
 }
 
-fn injector(client: kube::Client, clock: Arc<dyn Clock>) -> (Injector, Arc<ProviderMetrics>) {
+/// The injector over the recorded apiserver, with its provider metrics and
+/// the metrics of its Secret writes.
+fn injector(
+    client: kube::Client,
+    clock: Arc<dyn Clock>,
+) -> (Injector, Arc<ProviderMetrics>, SecretWriteMetrics) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let catalog = Arc::new(FileCatalog::from_file(&root.join("examples/stores.yaml")).unwrap());
     let metrics = Arc::new(ProviderMetrics::unregistered());
     let providers = Providers::new(ProviderSettings::default(), catalog, metrics.clone());
+    let writes = SecretWriteMetrics::default();
     let injector = Injector::new(
         Arc::new(providers),
-        Arc::new(ClusterSecrets::new(client)),
+        Arc::new(MeteredSecrets::new(
+            ClusterSecrets::new(client),
+            writes.clone(),
+        )),
         clock,
         PodInjectionMetrics::default(),
     );
-    (injector, metrics)
+    (injector, metrics, writes)
 }
 
 fn demo_review() -> String {
@@ -137,7 +148,7 @@ async fn a_fresh_secret_is_reused_without_a_backend_call() {
         let clock = Arc::new(TokioClock::starting_at(
             FETCHED_AT + Duration::from_secs(600),
         ));
-        let (injector, metrics) = injector(client, clock);
+        let (injector, metrics, _) = injector(client, clock);
         let review = demo_review();
         let admit = tokio::spawn(async move {
             let request = decode_admission(review.as_bytes()).unwrap();
@@ -173,7 +184,8 @@ async fn a_missing_or_stale_secret_is_fetched_and_applied() {
     ] {
         scenario(async {
             let (client, mut api) = ApiServerVerifier::new();
-            let (injector, metrics) = injector(client, Arc::new(TokioClock::starting_at(clock_at)));
+            let (injector, metrics, _) =
+                injector(client, Arc::new(TokioClock::starting_at(clock_at)));
             let review = demo_review();
             let admit = tokio::spawn(async move {
                 let request = decode_admission(review.as_bytes()).unwrap();
@@ -212,7 +224,7 @@ async fn a_missing_or_stale_secret_is_fetched_and_applied() {
 async fn a_write_failing_for_good_denies_the_pod() {
     scenario(async {
         let (client, mut api) = ApiServerVerifier::new();
-        let (injector, _) = injector(client, Arc::new(TokioClock::starting_at(FETCHED_AT)));
+        let (injector, _, writes) = injector(client, Arc::new(TokioClock::starting_at(FETCHED_AT)));
         let review = demo_review();
         let admit = tokio::spawn(async move {
             let request = decode_admission(review.as_bytes()).unwrap();
@@ -230,6 +242,13 @@ async fn a_write_failing_for_good_denies_the_pod() {
         assert!(response.result.message.contains(&format!("managed Secret shop/{NAME}")), "{}", response.result.message);
         assert!(response.result.message.contains("forbidden"), "{}", response.result.message);
         assert!(!response.result.message.contains("demo-db-password"));
+        let count = |result| {
+            writes
+                .writes
+                .get_or_create(&SecretWriteLabels { operation: SecretWrite::Apply, result })
+                .get()
+        };
+        assert_eq!((count(WriteResult::Failed), count(WriteResult::Ok)), (1, 0));
     })
     .await;
 }

@@ -207,6 +207,15 @@ async fn dry_run_then_inject_then_reinvocation() {
         metrics.contains(r#"keyhook_http_request_duration_seconds_count{path="/mutate-pod"} 3"#),
         "{metrics}"
     );
+    // One Secret written: the dry run wrote none, the reinvocation found it.
+    assert!(
+        metrics.contains(r#"keyhook_secret_writes_total{operation="apply",result="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"keyhook_secret_write_duration_seconds_count{operation="apply"} 1"#),
+        "{metrics}"
+    );
     // Standalone, this replica is the leader: it exports controller state.
     assert!(
         metrics.contains("# TYPE keyhook_managed_secrets gauge"),

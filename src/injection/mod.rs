@@ -23,7 +23,7 @@ pub use injector::Injector;
 pub use pod::AdmittedPod;
 pub use reference::{PodRequest, Reference, ReferenceError, SecretSpec};
 pub use refresh::{RefreshSettings, run_gc, run_refresh};
-pub use secret::{ClusterSecrets, FileSecrets, ManagedSecret, SecretBackend};
+pub use secret::{ClusterSecrets, FileSecrets, ManagedSecret, MeteredSecrets, SecretBackend};
 pub use source::{StorePolicy, ValueSource};
 
 use crate::providers::ProviderError;

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::reference::{INJECT_LABEL, INJECTED_ANNOTATION, SecretSpec};
+use crate::metrics::{SecretWrite, SecretWriteMetrics};
 use crate::providers::SecretValue;
 
 /// The field manager of every write.
@@ -74,6 +75,69 @@ pub trait SecretBackend: Send + Sync + 'static {
 
     /// `(namespace, name)` of every managed Secret an existing pod uses.
     fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>>;
+}
+
+/// A [`SecretBackend`] whose writes are counted and timed in
+/// `keyhook_secret_writes_total` and `keyhook_secret_write_duration_seconds`;
+/// reads pass through.
+pub struct MeteredSecrets<B> {
+    inner: B,
+    metrics: SecretWriteMetrics,
+}
+
+impl<B: SecretBackend> MeteredSecrets<B> {
+    /// Records the writes made through `inner` in `metrics`.
+    pub fn new(inner: B, metrics: SecretWriteMetrics) -> Self {
+        Self { inner, metrics }
+    }
+
+    async fn timed(
+        &self,
+        operation: SecretWrite,
+        write: BoxFuture<'_, Result<(), String>>,
+    ) -> Result<(), String> {
+        let start = tokio::time::Instant::now();
+        let result = write.await;
+        self.metrics
+            .record(operation, result.is_ok(), start.elapsed().as_secs_f64());
+        result
+    }
+}
+
+impl<B: SecretBackend> SecretBackend for MeteredSecrets<B> {
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
+        self.inner.get(namespace, name)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        secret: &'a ManagedSecret,
+        data: &'a BTreeMap<String, SecretValue>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        self.timed(SecretWrite::Apply, self.inner.apply(secret, data))
+            .boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
+        self.inner.list()
+    }
+
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        self.timed(SecretWrite::Delete, self.inner.delete(namespace, name))
+            .boxed()
+    }
+
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
+        self.inner.in_use()
+    }
 }
 
 /// The Secret object keyhook writes for `secret` with `data`.

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub injections: PodInjectionMetrics,
     /// Managed Secrets, refresh and GC (exported by the leader only).
     pub secrets: SecretControllerMetrics,
+    /// Writes of managed Secrets (every replica: admissions write them too).
+    pub secret_writes: SecretWriteMetrics,
 }
 
 impl Metrics {
@@ -53,6 +55,7 @@ impl Metrics {
         let injections = PodInjectionMetrics::register(prefixed);
         let secrets = SecretControllerMetrics::default();
         prefixed.register_collector(Box::new(secrets.clone()));
+        let secret_writes = SecretWriteMetrics::register(prefixed);
         Self {
             registry,
             http,
@@ -61,6 +64,7 @@ impl Metrics {
             providers,
             injections,
             secrets,
+            secret_writes,
         }
     }
 
@@ -440,6 +444,98 @@ impl PodInjectionMetrics {
     /// Counts one admission.
     pub fn record(&self, result: PodInjectionResult) {
         self.by_result[result as usize].inc();
+    }
+}
+
+/// A write to a managed Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecretWrite {
+    /// Created or replaced (server-side apply, or the file rewritten).
+    Apply,
+    /// Deleted by GC.
+    Delete,
+}
+
+label_values!(SecretWrite { Apply => "apply", Delete => "delete" });
+
+/// Whether a write went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteResult {
+    /// It did.
+    Ok,
+    /// It failed; the error went to the caller (and its log).
+    Failed,
+}
+
+label_values!(WriteResult { Ok => "ok", Failed => "failed" });
+
+/// Labels of a managed Secret write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SecretWriteLabels {
+    /// What was written.
+    pub operation: SecretWrite,
+    /// What happened.
+    pub result: WriteResult,
+}
+
+/// Labels of a managed Secret write's duration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SecretWriteOperation {
+    /// What was written.
+    pub operation: SecretWrite,
+}
+
+/// Writes of managed Secrets, on every replica: an admission writes the
+/// Secret of a pod it injects, the leader's loops refresh and delete them.
+#[derive(Debug, Clone)]
+pub struct SecretWriteMetrics {
+    /// `keyhook_secret_writes_total{operation,result}`.
+    pub writes: Family<SecretWriteLabels, Counter>,
+    /// `keyhook_secret_write_duration_seconds{operation}`.
+    pub duration: Family<SecretWriteOperation, Histogram>,
+}
+
+impl Default for SecretWriteMetrics {
+    fn default() -> Self {
+        Self {
+            writes: Family::default(),
+            // 1 ms to ~33 s: a write to the apiserver, or a file on disk.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+        }
+    }
+}
+
+impl SecretWriteMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "secret_writes",
+            "Writes of managed Secrets, by operation and result",
+            metrics.writes.clone(),
+        );
+        registry.register(
+            "secret_write_duration_seconds",
+            "Time one managed Secret write took, by operation",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+
+    /// Counts and times one write.
+    pub fn record(&self, operation: SecretWrite, ok: bool, seconds: f64) {
+        let result = if ok {
+            WriteResult::Ok
+        } else {
+            WriteResult::Failed
+        };
+        self.writes
+            .get_or_create(&SecretWriteLabels { operation, result })
+            .inc();
+        self.duration
+            .get_or_create(&SecretWriteOperation { operation })
+            .observe(seconds);
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     clock::SystemClock,
     config::{CertMode, ServeArgs},
     health::{self, Readiness},
-    injection::{self, ClusterSecrets, FileSecrets, Injector, SecretBackend},
+    injection::{self, ClusterSecrets, FileSecrets, Injector, MeteredSecrets, SecretBackend},
     leader::{self, Leadership},
     metrics::Metrics,
     providers::{ClusterCatalog, FileCatalog, Providers, StoreCatalog},
@@ -290,7 +290,10 @@ fn build_injector(
             synced = Some(Arc::new(check) as Arc<dyn health::ReadinessCheck>);
             (
                 catalog as Arc<dyn StoreCatalog>,
-                Arc::new(ClusterSecrets::new(client.clone())) as Arc<dyn SecretBackend>,
+                Arc::new(MeteredSecrets::new(
+                    ClusterSecrets::new(client.clone()),
+                    metrics.secret_writes.clone(),
+                )) as Arc<dyn SecretBackend>,
             )
         }
         None => {
@@ -305,7 +308,10 @@ fn build_injector(
                 }
                 None => Arc::new(FileCatalog::from_yaml("").map_err(stores_error)?),
             };
-            let secrets = FileSecrets::new(args.injection.secrets_dir.clone());
+            let secrets = MeteredSecrets::new(
+                FileSecrets::new(args.injection.secrets_dir.clone()),
+                metrics.secret_writes.clone(),
+            );
             (
                 catalog as Arc<dyn StoreCatalog>,
                 Arc::new(secrets) as Arc<dyn SecretBackend>,
