@@ -184,6 +184,16 @@ pub struct InjectionArgs {
     pub gc_grace: Duration,
 }
 
+impl ServeArgs {
+    /// The limits of every webhook route these flags describe.
+    pub fn webhook_settings(&self) -> crate::server::routes::WebhookSettings {
+        crate::server::routes::WebhookSettings {
+            max_body: self.max_body,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
 impl InjectionArgs {
     /// The leader loops' settings these flags describe.
     pub fn refresh_settings(&self) -> crate::injection::RefreshSettings {
@@ -426,6 +436,21 @@ mod tests {
         );
         assert!(parse_byte_size("0").unwrap_err().contains("more than 0"));
         assert!(parse_duration("soon").unwrap_err().contains("expected"));
+    }
+
+    #[test]
+    fn webhook_limits_default_as_the_flags_do() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let defaults = Flags::try_parse_from(["keyhook"]).unwrap().serve;
+        assert_eq!(
+            defaults.webhook_settings(),
+            crate::server::routes::WebhookSettings::default()
+        );
     }
 
     #[test]

@@ -52,14 +52,7 @@ async fn start(dir: &std::path::Path) -> Stack {
     certs::spawn_dir_watcher(dir.to_path_buf(), serving.clone(), stop.clone());
     let listener_socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener_socket.local_addr().unwrap();
-    let service = routes::webhook_service(
-        routes::WebhookSettings {
-            max_body: 8 << 20,
-            request_timeout: Duration::from_secs(8),
-        },
-        &metrics.http,
-        None,
-    );
+    let service = routes::webhook_service(routes::WebhookSettings::default(), &metrics.http, None);
     let tls = listener::tls_config(serving).unwrap();
     tokio::spawn(listener::serve_tls(
         listener_socket,

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{convert::Infallible, time::Duration};
+use std::convert::Infallible;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -26,15 +26,17 @@ const CONVERSION_REVIEW: &str =
     include_str!("fixtures/conversion/externalsecrets-v1alpha1-to-v1.json");
 const EXTERNAL_SECRET_V1: &str = include_str!("fixtures/apis/v1/externalsecret-full.yaml");
 
-fn router(max_body: usize, request_timeout: Duration) -> WebhookService {
-    webhook_service(
-        WebhookSettings {
-            max_body,
-            request_timeout,
-        },
-        &Metrics::new().http,
-        None,
-    )
+/// The webhooks with the flag defaults (8 MiB, 8 s) and no injector.
+fn router() -> WebhookService {
+    router_with_max_body(WebhookSettings::default().max_body)
+}
+
+fn router_with_max_body(max_body: usize) -> WebhookService {
+    let settings = WebhookSettings {
+        max_body,
+        ..WebhookSettings::default()
+    };
+    webhook_service(settings, &Metrics::new().http, None)
 }
 
 async fn call(router: WebhookService, request: Request<Body>) -> (StatusCode, String) {
@@ -148,7 +150,7 @@ async fn every_route_answers_over_http2_and_http1() {
 #[tokio::test]
 async fn a_conversion_review_converts_every_object_in_order_and_echoes_the_uid() {
     let (status, body) = call(
-        router(8 << 20, Duration::from_secs(8)),
+        router(),
         post("/convert", Some("application/json"), CONVERSION_REVIEW),
     )
     .await;
@@ -177,7 +179,7 @@ async fn a_conversion_review_converts_every_object_in_order_and_echoes_the_uid()
 #[tokio::test]
 async fn a_pod_review_is_answered_with_its_uid() {
     let (status, body) = call(
-        router(8 << 20, Duration::from_secs(8)),
+        router(),
         post("/mutate-pod", Some("application/json"), POD_REVIEW),
     )
     .await;
@@ -255,11 +257,11 @@ async fn bad_input_gets_a_status_and_a_message_naming_the_problem() {
     ];
     for (request, status, message) in cases {
         let path = request.uri().path().to_string();
-        let (got, body) = call(router(1024 * 16, Duration::from_secs(8)), request).await;
+        let (got, body) = call(router_with_max_body(1024 * 16), request).await;
         let (got, body) = if status == StatusCode::PAYLOAD_TOO_LARGE {
             // Re-run with the small limit the message names.
             let request = post("/mutate-pod", Some("application/json"), "x".repeat(2048));
-            call(router(1024, Duration::from_secs(8)), request).await
+            call(router_with_max_body(1024), request).await
         } else {
             (got, body)
         };
@@ -276,7 +278,7 @@ async fn an_oversized_body_without_content_length_is_cut_off() {
     let chunks = (0..64).map(|_| Ok::<_, Infallible>(Bytes::from(vec![b' '; 1024])));
     let body = Body::from_stream(futures::stream::iter(chunks));
     let (status, message) = call(
-        router(4096, Duration::from_secs(8)),
+        router_with_max_body(4096),
         post("/mutate-pod", Some("application/json"), body),
     )
     .await;
@@ -293,7 +295,7 @@ async fn a_body_that_never_finishes_times_out_instead_of_hanging() {
         Some("application/json"),
         Body::from_stream(stalled),
     );
-    let (status, message) = call(router(8 << 20, Duration::from_secs(8)), request).await;
+    let (status, message) = call(router(), request).await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
     assert!(message.contains("--request-timeout"), "{message}");
 }
@@ -375,10 +377,8 @@ fn assert_answered(path: &str, body: Vec<u8>) -> Result<(), TestCaseError> {
         .enable_all()
         .build()
         .unwrap();
-    let (status, message) = runtime.block_on(call(
-        router(8 << 20, Duration::from_secs(8)),
-        post(path, Some("application/json"), body),
-    ));
+    let (status, message) =
+        runtime.block_on(call(router(), post(path, Some("application/json"), body)));
     prop_assert!(
         status == StatusCode::OK || status == StatusCode::BAD_REQUEST,
         "{path}: {status} {message}"
@@ -413,14 +413,7 @@ proptest! {
 #[tokio::test]
 async fn requests_are_counted_by_route_and_status() {
     let metrics = Metrics::new();
-    let service = webhook_service(
-        WebhookSettings {
-            max_body: 8 << 20,
-            request_timeout: Duration::from_secs(8),
-        },
-        &metrics.http,
-        None,
-    );
+    let service = webhook_service(WebhookSettings::default(), &metrics.http, None);
     let requests = [
         post("/mutate-pod", Some("application/json"), POD_REVIEW),
         post("/mutate-pod", Some("application/json"), POD_REVIEW),

@@ -225,11 +225,8 @@ impl Server {
                 .await
         });
 
-        let settings = routes::WebhookSettings {
-            max_body: args.max_body,
-            request_timeout: args.request_timeout,
-        };
-        let service = routes::webhook_service(settings, &metrics.http, Some(injector));
+        let service =
+            routes::webhook_service(args.webhook_settings(), &metrics.http, Some(injector));
         let tls = listener::tls_config(serving)?;
         let drained = listener::serve_tls(
             webhook,

@@ -48,12 +48,22 @@ pub const ROUTES: &[&str] = &[
 ];
 
 /// Limits shared by every webhook route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     /// Largest accepted body, bytes.
     pub max_body: usize,
     /// Deadline for one review, from the moment its request arrives.
     pub request_timeout: Duration,
+}
+
+impl Default for WebhookSettings {
+    /// The defaults of `--max-body` (8 MiB) and `--request-timeout` (8 s).
+    fn default() -> Self {
+        Self {
+            max_body: 8 << 20,
+            request_timeout: Duration::from_secs(8),
+        }
+    }
 }
 
 /// What every webhook handler shares.
