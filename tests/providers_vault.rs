@@ -203,14 +203,14 @@ async fn a_token_without_permission_is_refused_at_once() {
     );
 }
 
-/// Enables AppRole with a role `keyhook` reading `secret/data/*`, its token
-/// shaped by `role` options; returns the role's id and a fresh secret id.
-async fn approle(bao: &Bao, role: serde_json::Value) -> (String, String) {
+/// Enables the auth method `kind` at its default path, and the `reader`
+/// policy (read `secret/data/*`) its roles are given.
+async fn enable_auth_with_reader_policy(bao: &Bao, kind: &str) {
     bao.api(
         None,
         Method::POST,
-        "sys/auth/approle",
-        Some(json!({"type": "approle"})),
+        &format!("sys/auth/{kind}"),
+        Some(json!({"type": kind})),
     )
     .await;
     bao.api(
@@ -220,6 +220,12 @@ async fn approle(bao: &Bao, role: serde_json::Value) -> (String, String) {
         Some(json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }"})),
     )
     .await;
+}
+
+/// Enables AppRole with a role `keyhook` reading `secret/data/*`, its token
+/// shaped by `role` options; returns the role's id and a fresh secret id.
+async fn approle(bao: &Bao, role: serde_json::Value) -> (String, String) {
+    enable_auth_with_reader_policy(bao, "approle").await;
     let mut options = json!({"token_policies": ["reader"]});
     if let (Some(options), Some(role)) = (options.as_object_mut(), role.as_object()) {
         options.extend(role.clone());
@@ -427,13 +433,7 @@ async fn kubernetes_auth_login_with_a_service_account_token() {
     const UID: &str = "5f0c3c1e-2a8b-4d7e-9c41-8b2f6a1d3e90";
     let jwt = service_account_jwt("shop", "app", UID);
     let (apiserver, reviewed) = token_review_endpoint(jwt.clone(), UID).await;
-    bao.api(
-        None,
-        Method::POST,
-        "sys/auth/kubernetes",
-        Some(json!({"type": "kubernetes"})),
-    )
-    .await;
+    enable_auth_with_reader_policy(&bao, "kubernetes").await;
     bao.api(
         None,
         Method::POST,
@@ -447,13 +447,6 @@ async fn kubernetes_auth_login_with_a_service_account_token() {
                 .pem(),
             "disable_local_ca_jwt": true,
         })),
-    )
-    .await;
-    bao.api(
-        None,
-        Method::PUT,
-        "sys/policies/acl/reader",
-        Some(json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }"})),
     )
     .await;
     bao.api(
