@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use keyhook::metrics::providers::ProviderMetrics;
+use keyhook::metrics::providers::{BuildLabels, BuildResult, ProviderMetrics};
 use keyhook::providers::{
     FileCatalog, ProviderError, ProviderSettings, Providers, RemoteRef, StoreRef,
 };
@@ -22,21 +22,28 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(20)
 }
 
-fn layer(yaml: &str) -> (Arc<Providers>, Arc<FileCatalog>) {
+fn layer(yaml: &str) -> (Arc<Providers>, Arc<FileCatalog>, Arc<ProviderMetrics>) {
     let catalog = Arc::new(FileCatalog::from_yaml(yaml).expect("valid stores"));
     let settings = ProviderSettings {
         qps: 10_000.0,
         burst: 1_000,
         ..Default::default()
     };
-    (
-        Arc::new(Providers::new(
-            settings,
-            catalog.clone(),
-            Arc::new(ProviderMetrics::unregistered()),
-        )),
-        catalog,
-    )
+    let metrics = Arc::new(ProviderMetrics::unregistered());
+    let providers = Providers::new(settings, catalog.clone(), metrics.clone());
+    (Arc::new(providers), catalog, metrics)
+}
+
+/// `keyhook_provider_client_builds_total` of the vault store `shop/<store>`.
+fn builds(metrics: &ProviderMetrics, store: &str, result: BuildResult) -> u64 {
+    metrics
+        .client_builds
+        .get_or_create(&BuildLabels {
+            provider: "vault",
+            store: format!("shop/{store}"),
+            result,
+        })
+        .get()
 }
 
 fn vault_store(name: &str, server: &str, extra: &str, auth: &str) -> String {
@@ -97,7 +104,7 @@ async fn kv_v2_and_v1_with_token_auth() {
         ),
     ]
     .join("---\n");
-    let (providers, _) = layer(&yaml);
+    let (providers, _, _) = layer(&yaml);
     let v2 = providers
         .client(&StoreRef::secret_store("v2"), "shop", soon())
         .await
@@ -179,7 +186,7 @@ async fn a_token_without_permission_is_refused_at_once() {
         vault_store("limited", &bao.addr, "", &token_auth("limited")),
     ]
     .join("---\n");
-    let (providers, _) = layer(&yaml);
+    let (providers, _, _) = layer(&yaml);
     let err = providers
         .get_secret(
             &StoreRef::secret_store("limited"),
@@ -278,7 +285,7 @@ async fn approle_login() {
         vault_store("approle", &bao.addr, "", &auth),
     ]
     .join("---\n");
-    let (providers, _) = layer(&yaml);
+    let (providers, _, _) = layer(&yaml);
     let value = providers
         .get_secret(
             &StoreRef::secret_store("approle"),
@@ -295,7 +302,7 @@ async fn approle_login() {
         vault_store("approle", &bao.addr, "", &auth),
     ]
     .join("---\n");
-    let (providers, _) = layer(&wrong);
+    let (providers, _, metrics) = layer(&wrong);
     let err = providers
         .client(&StoreRef::secret_store("approle"), "shop", soon())
         .await
@@ -305,6 +312,9 @@ async fn approle_login() {
             && err.to_string().contains("auth/approle"),
         "{err:?}"
     );
+    // The refused login is counted before any backend request is made.
+    assert_eq!(builds(&metrics, "approle", BuildResult::failed), 1);
+    assert_eq!(builds(&metrics, "approle", BuildResult::ok), 0);
 }
 
 #[tokio::test]
@@ -322,7 +332,7 @@ async fn a_logged_in_token_is_replaced_before_its_lease_ends() {
         vault_store("approle", &bao.addr, "", &approle_auth(&role_id)),
     ]
     .join("---\n");
-    let (providers, _) = layer(&yaml);
+    let (providers, _, metrics) = layer(&yaml);
     let store = StoreRef::secret_store("approle");
     let reference = RemoteRef::key("app/db").with_property("password");
 
@@ -345,6 +355,7 @@ async fn a_logged_in_token_is_replaced_before_its_lease_ends() {
         .unwrap();
     assert_eq!(value.expose(), b"leased");
     assert_eq!(providers.clients_built(), 2);
+    assert_eq!(builds(&metrics, "approle", BuildResult::ok), 2);
 }
 
 /// A service account token as the kubelet projects it: a JWT whose claims
@@ -471,7 +482,7 @@ async fn kubernetes_auth_login_with_a_service_account_token() {
         ]
         .join("---\n")
     };
-    let (providers, _) = layer(&store(&jwt));
+    let (providers, _, _) = layer(&store(&jwt));
     let value = providers
         .get_secret(
             &StoreRef::secret_store("k8s"),
@@ -491,7 +502,7 @@ async fn kubernetes_auth_login_with_a_service_account_token() {
     // A token the apiserver does not vouch for: the build fails naming the
     // login, and the token itself is nowhere in the message.
     let stranger = service_account_jwt("shop", "app", "00000000-0000-0000-0000-000000000000");
-    let (providers, _) = layer(&store(&stranger));
+    let (providers, _, _) = layer(&store(&stranger));
     let err = providers
         .client(&StoreRef::secret_store("k8s"), "shop", soon())
         .await
@@ -524,7 +535,7 @@ async fn tls_with_the_stores_ca_bundle() {
         vault_store("untrusted", &bao.addr, "", &token_auth("bao-token")),
     ]
     .join("---\n");
-    let (providers, _) = layer(&yaml);
+    let (providers, _, _) = layer(&yaml);
     let value = providers
         .get_secret(
             &StoreRef::secret_store("tls"),
@@ -600,7 +611,7 @@ async fn no_cross_reads_between_two_namespaces_while_stores_are_recreated() {
         ]
         .join("---\n")
     };
-    let (providers, catalog) = layer(&manifest(0));
+    let (providers, catalog, _) = layer(&manifest(0));
     let recreate = {
         let catalog = catalog.clone();
         let manifest: Vec<String> = (1..=20).map(manifest).collect();

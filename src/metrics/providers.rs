@@ -2,7 +2,7 @@
 //!
 //! Labels are bounded sets: `provider` is one of five backend names,
 //! `operation` one of `get`, `get_map`, `validate`, `result` one of the
-//! outcome names in [`RequestResult`], and `store` is a store's
+//! outcome names in [`RequestResult`] or [`BuildResult`], and `store` is a store's
 //! `namespace/name` — never a key or a value.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -30,6 +30,28 @@ pub enum RequestResult {
     deadline,
     /// Any other failure.
     error,
+}
+
+/// Outcome of building a client, its login included.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum BuildResult {
+    /// Built (and logged in).
+    ok,
+    /// The build failed: bad configuration, unreadable credentials, a
+    /// refused login, or the deadline.
+    failed,
+}
+
+/// Labels of `keyhook_provider_client_builds_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Backend name.
+    pub provider: &'static str,
+    /// Store `namespace/name`.
+    pub store: String,
+    /// Outcome.
+    pub result: BuildResult,
 }
 
 /// Labels of `keyhook_provider_requests_total`.
@@ -71,6 +93,9 @@ pub struct ProviderMetrics {
     pub cache_misses: Counter,
     /// `keyhook_provider_clients`: provider clients currently cached.
     pub clients: Gauge,
+    /// `keyhook_provider_client_builds_total{provider,store,result}`: a
+    /// failed login shows here, before any backend request is made.
+    pub client_builds: Family<BuildLabels, Counter>,
 }
 
 impl ProviderMetrics {
@@ -113,7 +138,28 @@ impl ProviderMetrics {
             "Provider clients currently cached",
             metrics.clients.clone(),
         );
+        registry.register(
+            "keyhook_provider_client_builds",
+            "Provider clients built (logins included), by provider, store and result",
+            metrics.client_builds.clone(),
+        );
         metrics
+    }
+
+    /// Counts one client build.
+    pub fn record_build(&self, provider: &'static str, store: String, ok: bool) {
+        let result = if ok {
+            BuildResult::ok
+        } else {
+            BuildResult::failed
+        };
+        self.client_builds
+            .get_or_create(&BuildLabels {
+                provider,
+                store,
+                result,
+            })
+            .inc();
     }
 
     /// Metrics that are recorded but exported nowhere (tests, tools).
@@ -128,6 +174,7 @@ impl ProviderMetrics {
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             clients: Gauge::default(),
+            client_builds: Family::default(),
         }
     }
 }
@@ -156,6 +203,7 @@ mod tests {
                 operation: "get",
             })
             .observe(0.01);
+        metrics.record_build("vault", "shop/vault-a".into(), false);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .expect("encoding into a String cannot fail");
@@ -167,6 +215,7 @@ mod tests {
             "keyhook_provider_cache_hits_total",
             "keyhook_provider_cache_misses_total",
             "keyhook_provider_clients",
+            "keyhook_provider_client_builds_total{provider=\"vault\",store=\"shop/vault-a\",result=\"failed\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

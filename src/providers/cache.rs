@@ -176,12 +176,16 @@ impl Providers {
                 store: &resolved,
                 catalog: self.catalog.as_ref(),
             };
-            let backend = match tokio::time::timeout_at(deadline, backends::build(&ctx)).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(ctx.build_error("deadline exceeded while building the client"));
-                }
+            let built = match tokio::time::timeout_at(deadline, backends::build(&ctx)).await {
+                Ok(result) => result,
+                Err(_) => Err(ctx.build_error("deadline exceeded while building the client")),
             };
+            self.metrics.record_build(
+                resolved.provider.name(),
+                resolved.display_name(),
+                built.is_ok(),
+            );
+            let backend = built?;
             self.builds
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.metrics.clients.inc();
