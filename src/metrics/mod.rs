@@ -205,9 +205,31 @@ pub enum ReloadResult {
     Refused,
 }
 
+/// Creates each of `labels`' series in `family` at zero (see
+/// `label_values!` for why).
+fn start_at_zero<S, M, C>(family: &Family<S, M, C>, labels: impl IntoIterator<Item = S>)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    for label in labels {
+        // The returned guard only reads the series just created.
+        drop(family.get_or_create(&label));
+    }
+}
+
 /// Label values are lowercase words, as Prometheus convention has them.
+/// `ALL` lists every value (in the order given here, which is declaration
+/// order) so that counters can be created at 0: a series that first appears
+/// at 1 is invisible to `increase()` and `rate()`, and the alert on its
+/// first failure would never fire.
 macro_rules! label_values {
     ($ty:ty { $($variant:ident => $value:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value of this label.
+            pub const ALL: [Self; [$(stringify!($variant)),+].len()] = [$(Self::$variant),+];
+        }
+
         impl EncodeLabelValue for $ty {
             fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
                 fmt::Write::write_str(encoder, match self { $(Self::$variant => $value),+ })
@@ -246,6 +268,10 @@ impl CertMetrics {
             handshake_failures.clone(),
         );
         let reloads = Family::default();
+        start_at_zero(
+            &reloads,
+            ReloadResult::ALL.map(|result| ReloadLabels { result }),
+        );
         registry.register(
             "cert_reloads",
             "Serving certificates offered to the server, installed or refused as broken",
@@ -331,12 +357,19 @@ impl ClusterMetrics {
             leader.clone(),
         );
         let rotations = Family::default();
+        start_at_zero(&rotations, CertKind::ALL.map(|cert| CertLabels { cert }));
         registry.register(
             "cert_rotations",
             "Certificates issued by the leader (a new CA or a new serving certificate)",
             rotations.clone(),
         );
         let injections = Family::default();
+        start_at_zero(
+            &injections,
+            InjectionKind::ALL.into_iter().flat_map(|kind| {
+                InjectionResult::ALL.map(|result| InjectionLabels { kind, result })
+            }),
+        );
         registry.register(
             "cabundle_injections",
             "caBundle writes into webhook configurations and CRDs, by kind and result",
@@ -378,16 +411,6 @@ pub enum PodInjectionResult {
     Denied,
     /// Injection failed and the pod's `keyhook.io/on-error: allow` admitted it unchanged.
     FailedOpen,
-}
-
-impl PodInjectionResult {
-    /// Every result, in declaration order (`result as usize` indexes it).
-    const ALL: [Self; 4] = [
-        Self::Injected,
-        Self::Unchanged,
-        Self::Denied,
-        Self::FailedOpen,
-    ];
 }
 
 label_values!(PodInjectionResult {
@@ -497,13 +520,20 @@ pub struct SecretWriteMetrics {
 
 impl Default for SecretWriteMetrics {
     fn default() -> Self {
-        Self {
+        let metrics = Self {
             writes: Family::default(),
             // 1 ms to ~33 s: a write to the apiserver, or a file on disk.
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
-        }
+        };
+        start_at_zero(
+            &metrics.writes,
+            SecretWrite::ALL.into_iter().flat_map(|operation| {
+                WriteResult::ALL.map(|result| SecretWriteLabels { operation, result })
+            }),
+        );
+        metrics
     }
 }
 
@@ -573,10 +603,15 @@ pub struct SecretControllerMetrics {
 
 impl Default for SecretControllerMetrics {
     fn default() -> Self {
+        let refreshes = Family::default();
+        start_at_zero(
+            &refreshes,
+            RefreshResult::ALL.map(|result| RefreshLabels { result }),
+        );
         Self {
             exporting: Arc::new(AtomicBool::new(false)),
             managed: Gauge::default(),
-            refreshes: Family::default(),
+            refreshes,
             // 100 ms to ~55 min.
             lag: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
         }
@@ -716,6 +751,32 @@ mod tests {
             text.contains("keyhook_tls_handshake_failures_total 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_bounded_counter_starts_at_zero() {
+        let metrics = Metrics::new();
+        metrics.secrets.set_exporting(true);
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"keyhook_cert_reloads_total{result="refused"} 0"#,
+            r#"keyhook_cert_rotations_total{cert="serving"} 0"#,
+            r#"keyhook_cabundle_injections_total{kind="ValidatingWebhookConfiguration",result="failed"} 0"#,
+            r#"keyhook_injections_total{result="failed_open"} 0"#,
+            r#"keyhook_secret_writes_total{operation="delete",result="failed"} 0"#,
+            r#"keyhook_refresh_total{result="failed"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        // A gauge of 0 would read as a certificate that expired in 1970.
+        assert!(!text.contains("keyhook_cert_not_after_seconds{"), "{text}");
+    }
+
+    #[test]
+    fn pod_injection_results_index_their_counters() {
+        for (index, result) in PodInjectionResult::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, index);
+        }
     }
 
     #[test]
