@@ -15,6 +15,7 @@ const models = {
   "cert-manager.io/v1/Certificate": ["cert-manager", "cert-manager.io/v1/Certificate.js"],
   "cert-manager.io/v1/Issuer": ["cert-manager", "cert-manager.io/v1/Issuer.js"],
   "monitoring.coreos.com/v1/ServiceMonitor": ["prometheus-operator", "monitoring.coreos.com/v1/ServiceMonitor.js"],
+  "monitoring.coreos.com/v1/PrometheusRule": ["prometheus-operator", "monitoring.coreos.com/v1/PrometheusRule.js"],
 };
 
 let failed = false;
