@@ -18,6 +18,10 @@ use serde_json::json;
 use support::backends::{Bao, secret_doc};
 use tokio::time::Instant;
 
+/// How soon a store may log in again after a token that worked is refused
+/// (30 s by default; short here so the tests need not wait).
+const RELOGIN_INTERVAL: Duration = Duration::from_secs(1);
+
 fn soon() -> Instant {
     Instant::now() + Duration::from_secs(20)
 }
@@ -27,6 +31,7 @@ fn layer(yaml: &str) -> (Arc<Providers>, Arc<FileCatalog>, Arc<ProviderMetrics>)
     let settings = ProviderSettings {
         qps: 10_000.0,
         burst: 1_000,
+        relogin_interval: RELOGIN_INTERVAL,
         ..Default::default()
     };
     let metrics = Arc::new(ProviderMetrics::unregistered());
@@ -518,6 +523,77 @@ async fn kubernetes_auth_login_with_a_service_account_token() {
         Some(&stranger),
         "the refusal came from the TokenReview"
     );
+}
+
+#[tokio::test]
+async fn a_revoked_token_that_had_worked_is_replaced_by_a_new_login() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    let (role_id, secret_id) = approle(&bao, json!({})).await;
+    bao.put_kv(None, "app/db", json!({"password": "after-revocation"}))
+        .await;
+    let yaml = [
+        secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
+        vault_store("approle", &bao.addr, "", &approle_auth(&role_id)),
+    ]
+    .join("---\n");
+    let (providers, _, _) = layer(&yaml);
+    let store = StoreRef::secret_store("approle");
+    let reference = RemoteRef::key("app/db").with_property("password");
+    let fetch = || providers.get_secret(&store, "shop", &reference, soon());
+
+    assert_eq!(fetch().await.unwrap().expose(), b"after-revocation");
+    // An operator revokes every token AppRole handed out.
+    bao.api(
+        None,
+        Method::PUT,
+        "sys/leases/revoke-prefix/auth/approle/login",
+        None,
+    )
+    .await;
+    let refused = fetch().await.unwrap_err();
+    assert!(
+        matches!(refused, ProviderError::PermissionDenied { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(providers.clients_built(), 1);
+
+    tokio::time::sleep(RELOGIN_INTERVAL).await;
+    assert_eq!(fetch().await.unwrap().expose(), b"after-revocation");
+    assert_eq!(providers.clients_built(), 2, "one new login");
+}
+
+#[tokio::test]
+async fn a_token_that_never_worked_does_not_log_in_again() {
+    let Some(bao) = Bao::start(false).await else {
+        return;
+    };
+    // The role's tokens carry only Vault's default policy: no KV reads.
+    let (role_id, secret_id) = approle(&bao, json!({"token_policies": ["default"]})).await;
+    bao.put_kv(None, "app/db", json!({"password": "unreadable"}))
+        .await;
+    let yaml = [
+        secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
+        vault_store("approle", &bao.addr, "", &approle_auth(&role_id)),
+    ]
+    .join("---\n");
+    let (providers, _, _) = layer(&yaml);
+    let store = StoreRef::secret_store("approle");
+    let reference = RemoteRef::key("app/db");
+    for _ in 0..2 {
+        let refused = providers
+            .get_secret(&store, "shop", &reference, soon())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ProviderError::PermissionDenied { .. }),
+            "{refused:?}"
+        );
+        tokio::time::sleep(RELOGIN_INTERVAL).await;
+    }
+    // A policy that denies is not a revoked token: no login storm.
+    assert_eq!(providers.clients_built(), 1);
 }
 
 #[tokio::test]

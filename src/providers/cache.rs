@@ -6,7 +6,9 @@
 //! A client leaves the cache when it has been idle for `client_idle`, when
 //! its store or credential Secret changes, or at two thirds of the lifetime
 //! of the credentials it logged in with (a Vault token's lease): the next
-//! caller then builds a fresh one.
+//! caller then builds a fresh one. A logged-in client whose token worked and
+//! was then refused (revoked early) is replaced the same way, at most once
+//! per `relogin_interval`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -171,38 +173,51 @@ impl Providers {
     ) -> Result<StoreHandle, ProviderError> {
         let resolved = self.resolve(store, namespace)?;
         let key = ClientKey::of(&resolved, self.catalog.as_ref());
-        let build = async {
-            let ctx = BuildContext {
-                store: &resolved,
-                catalog: self.catalog.as_ref(),
-            };
-            let built = match tokio::time::timeout_at(deadline, backends::build(&ctx)).await {
-                Ok(result) => result,
-                Err(_) => Err(ctx.build_error("deadline exceeded while building the client")),
-            };
-            self.metrics.record_build(
-                resolved.provider.name(),
-                resolved.display_name(),
-                built.is_ok(),
-            );
-            let backend = built?;
-            self.builds
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.metrics.clients.inc();
-            Ok(Arc::new(StoreClient::new(
-                Arc::clone(&resolved),
-                backend,
-                &self.settings,
-                Arc::clone(&self.metrics),
-            )))
+        let cached = || async {
+            self.clients
+                .try_get_with(key.clone(), self.build(&resolved, deadline))
+                .await
+                .map_err(|e: Arc<ProviderError>| (*e).clone())
         };
-        let client = self
-            .clients
-            .try_get_with(key.clone(), build)
-            .await
-            .map_err(|e: Arc<ProviderError>| (*e).clone())?;
+        let mut client = cached().await?;
+        if client.take_relogin(self.settings.relogin_interval) {
+            tracing::info!(
+                store = %resolved.display_name(),
+                "the backend refused a token that had worked; logging in again"
+            );
+            self.clients.invalidate(&key).await;
+            client = cached().await?;
+        }
         self.retire_superseded(key).await;
         Ok(StoreHandle(client))
+    }
+
+    /// Builds a client for `store` (logging in, for backends that do).
+    async fn build(
+        &self,
+        store: &Arc<Store>,
+        deadline: Instant,
+    ) -> Result<Arc<StoreClient>, ProviderError> {
+        let ctx = BuildContext {
+            store,
+            catalog: self.catalog.as_ref(),
+        };
+        let built = match tokio::time::timeout_at(deadline, backends::build(&ctx)).await {
+            Ok(result) => result,
+            Err(_) => Err(ctx.build_error("deadline exceeded while building the client")),
+        };
+        self.metrics
+            .record_build(store.provider.name(), store.display_name(), built.is_ok());
+        let backend = built?;
+        self.builds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.clients.inc();
+        Ok(Arc::new(StoreClient::new(
+            Arc::clone(store),
+            backend,
+            &self.settings,
+            Arc::clone(&self.metrics),
+        )))
     }
 
     async fn retire_superseded(&self, key: ClientKey) {

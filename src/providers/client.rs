@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,11 @@ pub(crate) struct StoreClient {
     in_flight: Mutex<HashMap<FetchKey, SharedFetch>>,
     results: Option<moka::future::Cache<FetchKey, Fetched>>,
     metrics: Arc<ProviderMetrics>,
+    built_at: Instant,
+    /// The backend has answered this client's credentials with a value.
+    credentials_worked: AtomicBool,
+    /// ... and has since refused them: a logged-in token revoked early.
+    credentials_refused: AtomicBool,
 }
 
 impl std::fmt::Debug for StoreClient {
@@ -100,7 +106,20 @@ impl StoreClient {
             in_flight: Mutex::new(HashMap::new()),
             results,
             metrics,
+            built_at: Instant::now(),
+            credentials_worked: AtomicBool::new(false),
+            credentials_refused: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this client should be replaced by a fresh login: it logged
+    /// in, its token worked and was then refused, and it is at least
+    /// `interval` old (so a store whose policy denies some keys logs in at
+    /// most once per interval). True for one caller only.
+    pub(crate) fn take_relogin(&self, interval: Duration) -> bool {
+        self.credentials_lifetime().is_some()
+            && self.built_at.elapsed() >= interval
+            && self.credentials_refused.swap(false, Ordering::Relaxed)
     }
 
     /// How long the credentials this client was built with stay valid.
@@ -242,7 +261,10 @@ impl StoreClient {
                 })
                 .inc();
             let error = match outcome {
-                Ok(Ok(value)) => return Ok(value),
+                Ok(Ok(value)) => {
+                    self.credentials_worked.store(true, Ordering::Relaxed);
+                    return Ok(value);
+                }
                 Ok(Err(error)) => error,
                 Err(_) => return Err(deadline_error(attempts, None)),
             };
@@ -252,6 +274,9 @@ impl StoreClient {
                     return Err(ProviderError::NotFound { store, key, reason });
                 }
                 BackendError::Denied(reason) => {
+                    if self.credentials_worked.load(Ordering::Relaxed) {
+                        self.credentials_refused.store(true, Ordering::Relaxed);
+                    }
                     return Err(ProviderError::PermissionDenied { store, key, reason });
                 }
                 retryable if retryable.is_retryable() => {

@@ -113,6 +113,10 @@ pub struct ProviderSettings {
     pub cache_max_bytes: u64,
     /// An idle client is dropped after this long (default 10 minutes).
     pub client_idle: Duration,
+    /// The least time between two logins of one store after the backend
+    /// refused a logged-in token that had worked (revoked early): the next
+    /// fetch after it logs in again (default 30 s).
+    pub relogin_interval: Duration,
     /// Standalone stores file (`--stores FILE`); `None` in a cluster.
     pub stores_file: Option<PathBuf>,
 }
@@ -126,6 +130,7 @@ impl Default for ProviderSettings {
             cache_ttl: Duration::ZERO,
             cache_max_bytes: 16 * 1024 * 1024,
             client_idle: Duration::from_secs(600),
+            relogin_interval: Duration::from_secs(30),
             stores_file: None,
         }
     }
