@@ -269,10 +269,17 @@ async fn approle(bao: &Bao, role: serde_json::Value) -> (String, String) {
     (role_id, secret_id)
 }
 
-fn approle_auth(role_id: &str) -> String {
-    format!(
+/// The Secret holding `secret_id` and the store `shop/approle` logging in
+/// with it.
+fn approle_store(server: &str, role_id: &str, secret_id: &str) -> String {
+    let auth = format!(
         "        appRole:\n          path: approle\n          roleId: {role_id}\n          secretRef:\n            name: approle\n            key: secret-id\n"
-    )
+    );
+    [
+        secret_doc("shop", "approle", &[("secret-id", secret_id)]),
+        vault_store("approle", server, "", &auth),
+    ]
+    .join("---\n")
 }
 
 #[tokio::test]
@@ -284,12 +291,7 @@ async fn approle_login() {
     bao.put_kv(None, "app/db", json!({"password": "from-approle"}))
         .await;
 
-    let auth = approle_auth(&role_id);
-    let yaml = [
-        secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
-        vault_store("approle", &bao.addr, "", &auth),
-    ]
-    .join("---\n");
+    let yaml = approle_store(&bao.addr, &role_id, &secret_id);
     let (providers, _, _) = layer(&yaml);
     let value = providers
         .get_secret(
@@ -302,11 +304,7 @@ async fn approle_login() {
         .unwrap();
     assert_eq!(value.expose(), b"from-approle");
 
-    let wrong = [
-        secret_doc("shop", "approle", &[("secret-id", "not-the-secret-id")]),
-        vault_store("approle", &bao.addr, "", &auth),
-    ]
-    .join("---\n");
+    let wrong = approle_store(&bao.addr, &role_id, "not-the-secret-id");
     let (providers, _, metrics) = layer(&wrong);
     let err = providers
         .client(&StoreRef::secret_store("approle"), "shop", soon())
@@ -332,11 +330,7 @@ async fn a_logged_in_token_is_replaced_before_its_lease_ends() {
         approle(&bao, json!({"token_ttl": "3s", "token_max_ttl": "3s"})).await;
     bao.put_kv(None, "app/db", json!({"password": "leased"}))
         .await;
-    let yaml = [
-        secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
-        vault_store("approle", &bao.addr, "", &approle_auth(&role_id)),
-    ]
-    .join("---\n");
+    let yaml = approle_store(&bao.addr, &role_id, &secret_id);
     let (providers, _, metrics) = layer(&yaml);
     let store = StoreRef::secret_store("approle");
     let reference = RemoteRef::key("app/db").with_property("password");
@@ -533,11 +527,7 @@ async fn a_revoked_token_that_had_worked_is_replaced_by_a_new_login() {
     let (role_id, secret_id) = approle(&bao, json!({})).await;
     bao.put_kv(None, "app/db", json!({"password": "after-revocation"}))
         .await;
-    let yaml = [
-        secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
-        vault_store("approle", &bao.addr, "", &approle_auth(&role_id)),
-    ]
-    .join("---\n");
+    let yaml = approle_store(&bao.addr, &role_id, &secret_id);
     let (providers, _, _) = layer(&yaml);
     let store = StoreRef::secret_store("approle");
     let reference = RemoteRef::key("app/db").with_property("password");
@@ -573,11 +563,7 @@ async fn a_token_that_never_worked_does_not_log_in_again() {
     let (role_id, secret_id) = approle(&bao, json!({"token_policies": ["default"]})).await;
     bao.put_kv(None, "app/db", json!({"password": "unreadable"}))
         .await;
-    let yaml = [
-        secret_doc("shop", "approle", &[("secret-id", &secret_id)]),
-        vault_store("approle", &bao.addr, "", &approle_auth(&role_id)),
-    ]
-    .join("---\n");
+    let yaml = approle_store(&bao.addr, &role_id, &secret_id);
     let (providers, _, _) = layer(&yaml);
     let store = StoreRef::secret_store("approle");
     let reference = RemoteRef::key("app/db");
