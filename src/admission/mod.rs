@@ -7,5 +7,6 @@ pub mod pod;
 pub mod review;
 
 pub use review::{
-    AdmissionAnswer, ReviewError, admit_within, convert_within, decode_admission, decode_conversion,
+    AdmissionAnswer, Deadline, ReviewError, admit_within, convert_within, decode_admission,
+    decode_conversion,
 };

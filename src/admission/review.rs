@@ -8,6 +8,8 @@
 
 use std::{future::Future, time::Duration};
 
+use tokio::time::Instant;
+
 use http::StatusCode;
 use kube::core::{
     Resource, Status, TypeMeta,
@@ -247,23 +249,45 @@ impl From<AdmissionResponse> for AdmissionAnswer {
     }
 }
 
+/// When a review must be answered: `--request-timeout` after its request
+/// arrived. Taken once per request; every wait of the request (its body,
+/// its handler, the injector's fetches) ends at the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// The instant the answer is due.
+    pub at: Instant,
+    /// The timeout it was set from: what messages name, rather than the
+    /// time that happened to be left.
+    pub timeout: Duration,
+}
+
+impl Deadline {
+    /// The deadline `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+}
+
 /// Runs `handler` for `request`, denying the request if it does not finish
-/// within `deadline`.
+/// by `deadline`.
 pub async fn admit_within<T: Resource, F>(
-    deadline: Duration,
+    deadline: Deadline,
     request: &AdmissionRequest<T>,
     handler: F,
 ) -> AdmissionResponse
 where
     F: Future<Output = AdmissionResponse>,
 {
-    match tokio::time::timeout(deadline, handler).await {
+    match tokio::time::timeout_at(deadline.at, handler).await {
         Ok(response) => response,
         Err(_) => {
-            tracing::warn!(uid = %request.uid, ?deadline, "admission handler overran its deadline");
+            tracing::warn!(uid = %request.uid, timeout = ?deadline.timeout, "admission handler overran its deadline");
             let mut response = AdmissionResponse::from(request).deny(format!(
                 "keyhook could not decide within its {} deadline (--request-timeout); the request was not admitted, retry it",
-                humantime::format_duration(deadline)
+                humantime::format_duration(deadline.timeout)
             ));
             response.result.code = StatusCode::GATEWAY_TIMEOUT.as_u16();
             response.result.reason = "Timeout".into();
@@ -273,19 +297,19 @@ where
 }
 
 /// Runs a conversion `handler`, failing the review if it does not finish
-/// within `deadline`.
-pub async fn convert_within<F>(deadline: Duration, uid: &str, handler: F) -> ConversionResponse
+/// by `deadline`.
+pub async fn convert_within<F>(deadline: Deadline, uid: &str, handler: F) -> ConversionResponse
 where
     F: Future<Output = ConversionResponse>,
 {
-    match tokio::time::timeout(deadline, handler).await {
+    match tokio::time::timeout_at(deadline.at, handler).await {
         Ok(response) => response,
         Err(_) => {
-            tracing::warn!(%uid, ?deadline, "conversion handler overran its deadline");
+            tracing::warn!(%uid, timeout = ?deadline.timeout, "conversion handler overran its deadline");
             let mut response = ConversionResponse::invalid(Status::failure(
                 &format!(
                     "keyhook could not convert within its {} deadline (--request-timeout)",
-                    humantime::format_duration(deadline)
+                    humantime::format_duration(deadline.timeout)
                 ),
                 "Timeout",
             ));
@@ -371,20 +395,45 @@ mod tests {
         assert_eq!(review["response"]["uid"], request.uid);
     }
 
+    /// The denial names `--request-timeout` as configured, however much of
+    /// it the body's arrival used up.
     #[tokio::test(start_paused = true)]
     async fn an_overrunning_handler_is_denied_with_the_reason() {
+        let deadline = Deadline::after(Duration::from_secs(8));
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let request = decode_admission::<DynamicObject>(POD_REVIEW.as_bytes()).unwrap();
         let slow = async {
             tokio::time::sleep(Duration::from_secs(60)).await;
             AdmissionResponse::from(&*request)
         };
-        let response = admit_within(Duration::from_secs(8), &request, slow).await;
+        let response = admit_within(deadline, &request, slow).await;
         assert!(!response.allowed);
         assert_eq!(response.uid, request.uid);
+        assert_eq!(response.result.code, 504);
         assert!(
-            response.result.message.contains("8s deadline"),
+            response.result.message.contains("within its 8s deadline"),
             "{}",
             response.result.message
         );
+        assert_eq!(
+            Instant::now(),
+            deadline.at,
+            "denied at the deadline, not later"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overrunning_conversion_fails_naming_the_timeout() {
+        let deadline = Deadline::after(Duration::from_secs(8));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            ConversionResponse::invalid(Status::failure("unreachable", "Test"))
+        };
+        let response = convert_within(deadline, "c0ffee", slow).await;
+        assert_eq!(response.uid, "c0ffee");
+        let message = &response.result.message;
+        assert!(message.contains("within its 8s deadline"), "{message}");
+        assert_eq!(Instant::now(), deadline.at);
     }
 }

@@ -12,7 +12,6 @@ use axum::{
     routing::post,
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::time::Instant;
 
 use kube::core::{
     DynamicObject, Status,
@@ -22,7 +21,7 @@ use kube::core::{
 
 use super::record::RecordRequests;
 use crate::{
-    admission::{self, ReviewError},
+    admission::{self, Deadline, ReviewError},
     apis::{self, validate},
     injection::Injector,
     metrics::HttpMetrics,
@@ -114,9 +113,9 @@ async fn mutate_pod(
     body: ReviewBody,
 ) -> Result<Response, ReviewError> {
     let request = admission::decode_admission(&body.bytes)?;
-    let response = admission::admit_within(body.time_left(), &request, async {
+    let response = admission::admit_within(body.deadline, &request, async {
         match &state.0.injector {
-            Some(injector) => injector.admit(&request, body.answer_by).await,
+            Some(injector) => injector.admit(&request, body.deadline.at).await,
             None => admission::pod::mutate(&request),
         }
     })
@@ -137,7 +136,7 @@ async fn validate_resource(
 
 async fn convert(body: ReviewBody) -> Result<Response, ReviewError> {
     let request = admission::decode_conversion(&body.bytes)?;
-    let deadline = body.time_left();
+    let deadline = body.deadline;
     let uid = request.uid.clone();
     // Conversion is CPU work proportional to the body (up to --max-body):
     // it runs off the async workers so it never stalls other requests.
@@ -190,14 +189,7 @@ struct ReviewBody {
     bytes: Bytes,
     /// `--request-timeout` after the request arrived: the review must be
     /// answered by then.
-    answer_by: Instant,
-}
-
-impl ReviewBody {
-    /// How long is left until [`ReviewBody::answer_by`].
-    fn time_left(&self) -> Duration {
-        self.answer_by.saturating_duration_since(Instant::now())
-    }
+    deadline: Deadline,
 }
 
 impl FromRequest<WebhookState> for ReviewBody {
@@ -205,7 +197,7 @@ impl FromRequest<WebhookState> for ReviewBody {
 
     async fn from_request(request: Request, state: &WebhookState) -> Result<Self, Self::Rejection> {
         let settings = &state.0.settings;
-        let answer_by = Instant::now() + settings.request_timeout;
+        let deadline = Deadline::after(settings.request_timeout);
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -225,13 +217,13 @@ impl FromRequest<WebhookState> for ReviewBody {
             });
         }
         let body = Limited::new(request.into_body(), settings.max_body);
-        let collected = tokio::time::timeout(settings.request_timeout, body.collect())
+        let collected = tokio::time::timeout_at(deadline.at, body.collect())
             .await
             .map_err(|_| ReviewError::BodyTimeout(settings.request_timeout))?;
         match collected {
             Ok(body) => Ok(ReviewBody {
                 bytes: body.to_bytes(),
-                answer_by,
+                deadline,
             }),
             Err(e) if e.is::<LengthLimitError>() => Err(ReviewError::TooLarge {
                 limit: settings.max_body,
