@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# keyhook: a static (musl) release binary in a distroless, non-root image.
+# keyhook: a static (musl) binary, built with the `dist` profile (fat LTO), in a distroless, non-root image.
 # Build: docker buildx build --platform linux/amd64,linux/arm64 -t IMAGE .
 
 FROM rust:1-bookworm AS build
@@ -19,8 +19,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       *) echo "unsupported TARGETARCH $TARGETARCH" >&2; exit 1 ;; \
     esac \
  && rustup target add "$target" \
- && cargo build --release --locked --target "$target" --bin keyhook \
- && install -D -m 0755 "target/$target/release/keyhook" /out/keyhook
+ && cargo build --profile dist --locked --target "$target" --bin keyhook \
+ && install -D -m 0755 "target/$target/dist/keyhook" /out/keyhook
 
 # static-debian12 carries CA certificates and /etc/passwd with `nonroot` (65532).
 FROM gcr.io/distroless/static-debian12:nonroot

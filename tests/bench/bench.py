@@ -8,13 +8,17 @@ over TLS + HTTP/2 and prints the figures the issues ask for.
                        latency run, start-to-ready, RSS
   bench.py conversion  a ConversionReview of 100 ExternalSecrets v1alpha1 -> v1
 
-Run through tests/bench/serve.sh or tests/bench/conversion.sh, which build first.
+Run through tests/bench/serve.sh or tests/bench/conversion.sh, which build first
+(BENCH_PROFILE=dist for the image's fat-LTO build; `release` otherwise).
 """
 import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-KEYHOOK = os.path.join(ROOT, "target", "release", "keyhook")
-FLOOR = os.path.join(ROOT, "target", "release", "examples", "floor_server")
+# The cargo profile serve.sh / conversion.sh built: `release`, or `dist` for the image's build.
+PROFILE = os.environ.get("BENCH_PROFILE", "release")
+BUILT = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), PROFILE)
+KEYHOOK = os.path.join(BUILT, "keyhook")
+FLOOR = os.path.join(BUILT, "examples", "floor_server")
 POD_REVIEW = os.path.join(ROOT, "tests", "fixtures", "admission", "pod-create-deployment.json")
 CONVERSION_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "conversion", "externalsecrets-v1alpha1-to-v1.json")
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "40000"))

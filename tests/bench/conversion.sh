@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v h2load >/dev/null || { echo "needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
-cargo build --release --quiet --bin keyhook
+cargo build --profile "${BENCH_PROFILE:-release}" --quiet --bin keyhook
 exec python3 tests/bench/bench.py conversion

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v h2load >/dev/null || { echo "needs h2load: apt-get install nghttp2-client" >&2; exit 1; }
-cargo build --release --quiet --bin keyhook --example floor_server --example decode_bench
-target/release/examples/decode_bench
+# BENCH_PROFILE=dist measures the build the image ships (fat LTO; slower to build).
+profile="${BENCH_PROFILE:-release}"
+cargo build --profile "$profile" --quiet --bin keyhook --example floor_server --example decode_bench
+"${CARGO_TARGET_DIR:-target}/$profile/examples/decode_bench"
 exec python3 tests/bench/bench.py serve
