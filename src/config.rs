@@ -154,6 +154,7 @@ impl ProviderArgs {
             burst: self.provider_burst,
             cache_ttl: self.provider_cache_ttl,
             stores_file: self.stores.clone(),
+            aws: crate::providers::backends::aws::AwsEnvironment::from_env(),
             ..Default::default()
         }
     }

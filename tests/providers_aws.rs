@@ -1,6 +1,8 @@
 //! The aws provider against a real `moto_server` (PyPI `moto[server]`):
 //! GetSecretValue by name and ARN, VersionId / VersionStage, JSON
-//! properties, not-found.
+//! properties, not-found; keyhook's own identity (IRSA web identity, keys
+//! from its environment) and `role` assumption through moto's STS, with
+//! moto checking signatures and IAM policies.
 
 mod support;
 
@@ -8,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyhook::metrics::providers::ProviderMetrics;
+use keyhook::providers::backends::aws::{AwsEnvironment, StaticKeys, WebIdentity};
 use keyhook::providers::{
-    FileCatalog, ProviderError, ProviderSettings, Providers, RemoteRef, StoreRef,
+    FileCatalog, ProviderError, ProviderSettings, Providers, RemoteRef, SecretValue, StoreRef,
 };
-use serde_json::json;
-use support::backends::{Moto, secret_doc};
+use serde_json::{Value, json};
+use support::backends::{Moto, secret_doc, xml_text};
 use tokio::time::Instant;
 
 fn soon() -> Instant {
@@ -121,4 +124,323 @@ async fn secrets_manager_by_name_arn_version_and_property() {
         "{text}"
     );
     assert!(!text.contains("not-a-real-secret"), "{text}");
+}
+
+const ACCOUNT: &str = "123456789012";
+
+/// A role `reader` that may read every secret; `trusting` is the principal
+/// its trust policy names.
+async fn reader_role(moto: &Moto, trusting: Value) -> String {
+    let trust = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": trusting, "Action": ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity"]}
+    ]});
+    let read = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "*"}
+    ]});
+    moto.query(
+        "iam",
+        &[
+            ("Action", "CreateRole"),
+            ("RoleName", "reader"),
+            ("AssumeRolePolicyDocument", &trust.to_string()),
+        ],
+    )
+    .await;
+    moto.query(
+        "iam",
+        &[
+            ("Action", "PutRolePolicy"),
+            ("RoleName", "reader"),
+            ("PolicyName", "read-secrets"),
+            ("PolicyDocument", &read.to_string()),
+        ],
+    )
+    .await;
+    format!("arn:aws:iam::{ACCOUNT}:role/reader")
+}
+
+fn cluster_store(name: &str, moto: &Moto, extra: &str) -> String {
+    format!(
+        "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata:\n  name: {name}\n  annotations:\n    keyhook.io/aws-endpoint: {}\nspec:\n  provider:\n    aws:\n      service: SecretsManager\n      region: us-east-1\n{extra}",
+        moto.endpoint
+    )
+}
+
+fn layer(yaml: &str, aws: AwsEnvironment) -> Providers {
+    Providers::new(
+        ProviderSettings {
+            aws,
+            ..Default::default()
+        },
+        Arc::new(FileCatalog::from_yaml(yaml).unwrap()),
+        Arc::new(ProviderMetrics::unregistered()),
+    )
+}
+
+/// Reads `app/db` through the ClusterSecretStore `store`.
+async fn read_app_db(providers: &Providers, store: &str) -> Result<SecretValue, ProviderError> {
+    providers
+        .client(&StoreRef::cluster_secret_store(store), "shop", soon())
+        .await?
+        .get_secret(&RemoteRef::key("app/db"), soon())
+        .await
+}
+
+/// IRSA: a ClusterSecretStore without `auth` exchanges keyhook's projected
+/// service account token for the role's credentials. moto checks every
+/// signature and policy after the one unsigned STS call, so the read
+/// succeeds only when signed with what STS issued.
+#[tokio::test]
+async fn a_cluster_store_without_auth_reads_with_keyhooks_web_identity() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    moto.secretsmanager(
+        "CreateSecret",
+        json!({"Name": "app/db", "SecretString": "irsa-value"}),
+    )
+    .await;
+    let role_arn = reader_role(
+        &moto,
+        json!({"Federated": format!("arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.example")}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a2V5aG9vazprZXlob29rIn0.c2lnbmF0dXJl\n").unwrap();
+    let aws = AwsEnvironment {
+        web_identity: Some(WebIdentity {
+            role_arn,
+            token_file,
+            session_name: None,
+        }),
+        sts_endpoint: Some(moto.endpoint.clone()),
+        ..Default::default()
+    };
+    let yaml = [
+        cluster_store("irsa", &moto, ""),
+        secret_doc("keyhook", "bogus", &[("id", "AKIDBOGUS"), ("key", "not-a-real-secret")]),
+        cluster_store(
+            "bogus",
+            &moto,
+            "      auth:\n        secretRef:\n          accessKeyIDSecretRef: {name: bogus, namespace: keyhook, key: id}\n          secretAccessKeySecretRef: {name: bogus, namespace: keyhook, key: key}\n",
+        ),
+    ]
+    .join("---\n");
+    let providers = layer(&yaml, aws);
+    moto.enforce_auth_after(1).await;
+
+    let value = read_app_db(&providers, "irsa").await.unwrap();
+    assert_eq!(value.expose(), b"irsa-value");
+
+    // moto does check: keys it never issued are refused.
+    let err = read_app_db(&providers, "bogus").await.unwrap_err();
+    assert!(
+        matches!(err, ProviderError::PermissionDenied { .. }),
+        "{err:?}"
+    );
+}
+
+/// `role`: keyhook's own keys assume the role, and only the role may read.
+#[tokio::test]
+async fn role_is_assumed_with_the_base_credentials() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    moto.secretsmanager(
+        "CreateSecret",
+        json!({"Name": "app/db", "SecretString": "role-value"}),
+    )
+    .await;
+    moto.query("iam", &[("Action", "CreateUser"), ("UserName", "keyhook")])
+        .await;
+    let may_assume = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}
+    ]});
+    moto.query(
+        "iam",
+        &[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "keyhook"),
+            ("PolicyName", "assume"),
+            ("PolicyDocument", &may_assume.to_string()),
+        ],
+    )
+    .await;
+    let keys = moto
+        .query(
+            "iam",
+            &[("Action", "CreateAccessKey"), ("UserName", "keyhook")],
+        )
+        .await;
+    let role_arn = reader_role(
+        &moto,
+        json!({"AWS": format!("arn:aws:iam::{ACCOUNT}:user/keyhook")}),
+    )
+    .await;
+    let aws = AwsEnvironment {
+        static_keys: Some(StaticKeys {
+            access_key_id: xml_text(&keys, "AccessKeyId").to_string(),
+            secret_access_key: SecretValue::from(xml_text(&keys, "SecretAccessKey")),
+            session_token: None,
+        }),
+        sts_endpoint: Some(moto.endpoint.clone()),
+        ..Default::default()
+    };
+    let yaml = [
+        cluster_store("as-role", &moto, &format!("      role: {role_arn}\n")),
+        cluster_store("as-user", &moto, ""),
+    ]
+    .join("---\n");
+    let providers = layer(&yaml, aws);
+    moto.enforce_auth_after(0).await;
+
+    let value = read_app_db(&providers, "as-role").await.unwrap();
+    assert_eq!(value.expose(), b"role-value");
+
+    // The user itself may only assume the role.
+    let err = read_app_db(&providers, "as-user").await.unwrap_err();
+    assert!(
+        matches!(err, ProviderError::PermissionDenied { .. }),
+        "{err:?}"
+    );
+
+    // Keys that may not assume the role: STS's refusal names the role and
+    // its code, never a key.
+    let nobody = [("Action", "CreateAccessKey"), ("UserName", "nobody")];
+    moto.enforce_auth_after(2).await;
+    moto.query("iam", &[("Action", "CreateUser"), ("UserName", "nobody")])
+        .await;
+    let nobody = moto.query("iam", &nobody).await;
+    let secret = xml_text(&nobody, "SecretAccessKey").to_string();
+    let aws = AwsEnvironment {
+        static_keys: Some(StaticKeys {
+            access_key_id: xml_text(&nobody, "AccessKeyId").to_string(),
+            secret_access_key: SecretValue::from(secret.as_str()),
+            session_token: None,
+        }),
+        sts_endpoint: Some(moto.endpoint.clone()),
+        ..Default::default()
+    };
+    let err = layer(&yaml, aws)
+        .client(&StoreRef::cluster_secret_store("as-role"), "shop", soon())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("STS AssumeRole")
+            && text.contains(&role_arn)
+            && text.contains("AccessDenied"),
+        "{text}"
+    );
+    assert!(!text.contains(&secret), "{text}");
+}
+
+/// keyhook's own identity is never lent to a namespace's SecretStore, and
+/// without one the error says where credentials may come from.
+#[tokio::test]
+async fn ambient_credentials_serve_cluster_stores_only() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let namespaced = format!(
+        "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: aws\n  namespace: shop\n  annotations:\n    keyhook.io/aws-endpoint: {}\nspec:\n  provider:\n    aws:\n      service: SecretsManager\n      region: us-east-1\n",
+        moto.endpoint
+    );
+    let yaml = [namespaced, cluster_store("shared", &moto, "")].join("---\n");
+    let keys = AwsEnvironment {
+        static_keys: Some(StaticKeys {
+            access_key_id: "AKIDKEYHOOK".into(),
+            secret_access_key: SecretValue::from("keyhooks-own-secret"),
+            session_token: None,
+        }),
+        ..Default::default()
+    };
+    let err = layer(&yaml, keys)
+        .client(&StoreRef::secret_store("aws"), "shop", soon())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("ClusterSecretStores only") && text.contains("shop/aws"),
+        "{text}"
+    );
+    assert!(!text.contains("keyhooks-own-secret"), "{text}");
+
+    let err = layer(&yaml, AwsEnvironment::default())
+        .client(&StoreRef::cluster_secret_store("shared"), "shop", soon())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("AWS_ROLE_ARN") && text.contains("auth.secretRef"),
+        "{text}"
+    );
+}
+
+/// A web identity token that cannot be read is named by its file.
+#[tokio::test]
+async fn an_unreadable_web_identity_token_names_the_file() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-token");
+    let aws = AwsEnvironment {
+        web_identity: Some(WebIdentity {
+            role_arn: format!("arn:aws:iam::{ACCOUNT}:role/reader"),
+            token_file: missing.clone(),
+            session_name: None,
+        }),
+        sts_endpoint: Some(moto.endpoint.clone()),
+        ..Default::default()
+    };
+    let yaml = cluster_store("irsa", &moto, "");
+    let err = layer(&yaml, aws)
+        .client(&StoreRef::cluster_secret_store("irsa"), "shop", soon())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("web identity token") && text.contains("no-such-token"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_environment_is_read_as_the_aws_sdks_read_it() {
+    let vars = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let irsa = AwsEnvironment::from_vars(vars(&[
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/keyhook"),
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+        ),
+        ("AWS_ACCESS_KEY_ID", ""),
+    ]));
+    assert_eq!(irsa.static_keys, None, "an empty variable is unset");
+    let identity = irsa.web_identity.unwrap();
+    assert_eq!(identity.role_arn, "arn:aws:iam::123456789012:role/keyhook");
+    assert_eq!(identity.session_name, None);
+
+    let keys = AwsEnvironment::from_vars(vars(&[
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI"),
+        ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:5000"),
+    ]));
+    let static_keys = keys.static_keys.unwrap();
+    assert_eq!(static_keys.access_key_id, "AKIDEXAMPLE");
+    assert!(
+        !format!("{static_keys:?}").contains("wJalrXUtnFEMI"),
+        "Debug redacts"
+    );
+    assert_eq!(keys.sts_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(keys.web_identity, None);
 }

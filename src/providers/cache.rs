@@ -201,6 +201,7 @@ impl Providers {
         let ctx = BuildContext {
             store,
             catalog: self.catalog.as_ref(),
+            aws: &self.settings.aws,
         };
         let built = match tokio::time::timeout_at(deadline, backends::build(&ctx)).await {
             Ok(result) => result,

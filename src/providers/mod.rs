@@ -119,6 +119,8 @@ pub struct ProviderSettings {
     pub relogin_interval: Duration,
     /// Standalone stores file (`--stores FILE`); `None` in a cluster.
     pub stores_file: Option<PathBuf>,
+    /// keyhook's own AWS identity (from its environment; none by default).
+    pub aws: backends::aws::AwsEnvironment,
 }
 
 impl Default for ProviderSettings {
@@ -132,6 +134,7 @@ impl Default for ProviderSettings {
             client_idle: Duration::from_secs(600),
             relogin_interval: Duration::from_secs(30),
             stores_file: None,
+            aws: backends::aws::AwsEnvironment::default(),
         }
     }
 }

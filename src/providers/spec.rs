@@ -630,6 +630,11 @@ pub struct AwsProvider {
     pub region: String,
     /// Prefix added to every key.
     pub prefix: String,
+    /// A role (ARN) to assume with the credentials `auth` gives.
+    pub role: String,
+    /// `sts:ExternalId` for assuming `role`.
+    #[serde(rename = "externalID")]
+    pub external_id: String,
     /// Endpoint override from the `keyhook.io/aws-endpoint` annotation (not
     /// an upstream field; for local test servers).
     #[serde(skip)]
@@ -642,6 +647,17 @@ pub struct AwsProvider {
 pub struct AwsAuth {
     /// Static credentials from Secrets.
     pub secret_ref: Option<AwsAuthSecretRef>,
+    /// A service account's token exchanged with STS (not supported yet:
+    /// parsed to say so).
+    pub jwt: Option<AwsJwtAuth>,
+}
+
+/// `aws.auth.jwt`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AwsJwtAuth {
+    /// The service account whose token is exchanged.
+    pub service_account_ref: Option<ServiceAccountSelector>,
 }
 
 /// `aws.auth.secretRef`.

@@ -277,6 +277,59 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// Calls an action of a Query-protocol service (`iam`, `sts`) and
+    /// returns the XML answer.
+    pub async fn query(&self, service: &str, params: &[(&str, &str)]) -> String {
+        let response = self
+            .http
+            .post(format!("{}/", self.endpoint))
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .form(params)
+            .send()
+            .await
+            .expect("moto request");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "moto {service} {params:?}: {status}: {text}"
+        );
+        text
+    }
+
+    /// From now on moto checks signatures and IAM policies, after `free`
+    /// more requests that it lets through unchecked.
+    pub async fn enforce_auth_after(&self, free: u32) {
+        let response = self
+            .http
+            .post(format!("{}/moto-api/reset-auth", self.endpoint))
+            .body(free.to_string())
+            .send()
+            .await
+            .expect("moto reset-auth");
+        assert!(
+            response.status().is_success(),
+            "moto reset-auth: {}",
+            response.status()
+        );
+    }
+}
+
+/// The text of the first `<tag>` element in `xml`.
+pub fn xml_text<'a>(xml: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    let start = xml
+        .find(&open)
+        .map(|i| i + open.len())
+        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"));
+    let end = xml[start..].find('<').map_or(xml.len(), |i| start + i);
+    &xml[start..end]
+}
+
 /// One request the Connect server saw.
 #[derive(Clone, Debug)]
 pub struct Seen {

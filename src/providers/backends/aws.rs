@@ -3,29 +3,113 @@
 //! `key` is a secret name or ARN (after the store's `prefix`); `version`
 //! `uuid/<id>` selects a `VersionId`, any other version a `VersionStage`
 //! (upstream's convention); a property selects a field of a JSON
-//! `SecretString`. Credentials come from `auth.secretRef`. The endpoint is
-//! `https://secretsmanager.<region>.amazonaws.com` unless the store's
-//! `keyhook.io/aws-endpoint` annotation (or upstream's
+//! `SecretString`.
+//!
+//! Credentials come from `auth.secretRef`; a ClusterSecretStore without
+//! `auth` uses keyhook's own identity from its environment (static keys, or
+//! IRSA's web identity token exchanged with STS), never a SecretStore: a
+//! namespace's store must not borrow keyhook's access. With `role` set, that
+//! role is assumed on top. Temporary credentials are replaced before they
+//! expire (the client is rebuilt at two thirds of their lifetime).
+//!
+//! The endpoint is `https://secretsmanager.<region>.amazonaws.com` unless the
+//! store's `keyhook.io/aws-endpoint` annotation (or upstream's
 //! `AWS_SECRETSMANAGER_ENDPOINT` variable) overrides it, e.g. for a local
-//! test server.
+//! test server; STS is `https://sts.<region>.amazonaws.com` unless
+//! `AWS_ENDPOINT_URL_STS` says otherwise.
 
-use std::time::SystemTime;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use base64::Engine;
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use super::http::{client, transport_error};
+use super::sts::{RoleRequest, Sts};
 use super::{BackendError, BuildContext, SecretsClient, json_map, json_property, json_to_secret};
 use crate::providers::spec::AwsProvider;
-use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue};
+use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue, StoreKind};
 
 /// Environment variable upstream reads for the endpoint override.
 const ENDPOINT_ENV: &str = "AWS_SECRETSMANAGER_ENDPOINT";
 const TARGET: &str = "secretsmanager.GetSecretValue";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// The session name STS records for keyhook, unless `AWS_ROLE_SESSION_NAME`
+/// gives another.
+const SESSION_NAME: &str = "keyhook";
+
+/// keyhook's own AWS identity, read from its environment at start, as the
+/// AWS SDKs' default chain reads it: what a ClusterSecretStore without
+/// `auth` uses.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AwsEnvironment {
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    pub static_keys: Option<StaticKeys>,
+    /// `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE` (IRSA: EKS's pod
+    /// identity webhook sets them), with `AWS_ROLE_SESSION_NAME`.
+    pub web_identity: Option<WebIdentity>,
+    /// `AWS_ENDPOINT_URL_STS`: STS's endpoint, instead of the region's.
+    pub sts_endpoint: Option<String>,
+}
+
+/// Long-lived keys from the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaticKeys {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: SecretValue,
+    /// A session token, for keys that are themselves temporary.
+    pub session_token: Option<SecretValue>,
+}
+
+/// A role assumed with a projected service account token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebIdentity {
+    /// The role's ARN.
+    pub role_arn: String,
+    /// The token file, read again at every login (the kubelet rotates it).
+    pub token_file: PathBuf,
+    /// The session name, `keyhook` unless set.
+    pub session_name: Option<String>,
+}
+
+impl AwsEnvironment {
+    /// Reads this process's environment.
+    pub fn from_env() -> Self {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables `var` returns (empty ones count as unset).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let static_keys = match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+            (Some(access_key_id), Some(secret)) => Some(StaticKeys {
+                access_key_id,
+                secret_access_key: SecretValue::from(secret.as_str()),
+                session_token: var("AWS_SESSION_TOKEN").map(|t| SecretValue::from(t.as_str())),
+            }),
+            _ => None,
+        };
+        let web_identity = match (var("AWS_ROLE_ARN"), var("AWS_WEB_IDENTITY_TOKEN_FILE")) {
+            (Some(role_arn), Some(file)) => Some(WebIdentity {
+                role_arn,
+                token_file: PathBuf::from(file),
+                session_name: var("AWS_ROLE_SESSION_NAME"),
+            }),
+            _ => None,
+        };
+        Self {
+            static_keys,
+            web_identity,
+            sts_endpoint: var("AWS_ENDPOINT_URL_STS"),
+        }
+    }
+}
 
 /// A client for one region and one set of credentials.
 pub struct AwsClient {
@@ -34,6 +118,9 @@ pub struct AwsClient {
     region: String,
     prefix: String,
     credentials: Credentials,
+    /// How long `credentials` were valid when the client was built, for
+    /// temporary ones.
+    lifetime: Option<Duration>,
 }
 
 impl std::fmt::Debug for AwsClient {
@@ -59,27 +146,31 @@ impl AwsClient {
         if config.region.is_empty() {
             return Err(ctx.build_error("spec.provider.aws.region is required"));
         }
-        let Some(secret_ref) = &config.auth.secret_ref else {
-            return Err(ctx.build_error("keyhook reads AWS credentials from auth.secretRef only"));
+        let http = client(None, None).map_err(|e| ctx.build_error(e))?;
+        let sts_endpoint = ctx.aws.sts_endpoint.as_ref().map_or_else(
+            || format!("https://sts.{}.amazonaws.com/", config.region),
+            |e| format!("{}/", e.trim_end_matches('/')),
+        );
+        let sts = Sts {
+            http: &http,
+            endpoint: &sts_endpoint,
+            region: &config.region,
         };
-        let access_key = utf8(
-            &ctx.secret_key(&secret_ref.access_key_id).await?,
-            "accessKeyIDSecretRef",
-            ctx,
-        )?;
-        let secret_key = utf8(
-            &ctx.secret_key(&secret_ref.secret_access_key).await?,
-            "secretAccessKeySecretRef",
-            ctx,
-        )?;
-        let session_token = match &secret_ref.session_token {
-            Some(r) => Some(utf8(
-                &ctx.secret_key(r).await?,
-                "sessionTokenSecretRef",
-                ctx,
-            )?),
-            None => None,
-        };
+        let mut credentials = base_credentials(ctx, config, &sts).await?;
+        if !config.role.is_empty() {
+            let role = RoleRequest {
+                role_arn: &config.role,
+                session_name: SESSION_NAME,
+                external_id: Some(config.external_id.as_str()).filter(|id| !id.is_empty()),
+            };
+            credentials = sts
+                .assume_role(role, &credentials)
+                .await
+                .map_err(|e| ctx.build_error(e))?;
+        }
+        let lifetime = credentials
+            .expiry()
+            .map(|expiry| expiry.duration_since(SystemTime::now()).unwrap_or_default());
         let endpoint = config
             .endpoint
             .clone()
@@ -87,18 +178,19 @@ impl AwsClient {
             .unwrap_or_else(|| format!("https://secretsmanager.{}.amazonaws.com", config.region));
         let endpoint = format!("{}/", endpoint.trim_end_matches('/'));
         Ok(Self {
-            http: client(None, None).map_err(|e| ctx.build_error(e))?,
+            http,
             endpoint,
             region: config.region.clone(),
             prefix: config.prefix.clone(),
-            credentials: Credentials::new(
-                access_key,
-                secret_key,
-                session_token,
-                None,
-                "keyhook-secret-ref",
-            ),
+            credentials,
+            lifetime,
         })
+    }
+
+    /// How long the credentials were valid when the client was built;
+    /// `None` for long-lived keys.
+    pub fn credentials_lifetime(&self) -> Option<Duration> {
+        self.lifetime
     }
 
     /// Calls `GetSecretValue` and returns its answer object.
@@ -173,6 +265,88 @@ impl AwsClient {
             _ => BackendError::from_status(status, text),
         })
     }
+}
+
+/// The credentials `auth` names, or keyhook's own for a ClusterSecretStore
+/// without `auth`.
+async fn base_credentials(
+    ctx: &BuildContext<'_>,
+    config: &AwsProvider,
+    sts: &Sts<'_>,
+) -> Result<Credentials, ProviderError> {
+    if let Some(secret_ref) = &config.auth.secret_ref {
+        let access_key = utf8(
+            &ctx.secret_key(&secret_ref.access_key_id).await?,
+            "accessKeyIDSecretRef",
+            ctx,
+        )?;
+        let secret_key = utf8(
+            &ctx.secret_key(&secret_ref.secret_access_key).await?,
+            "secretAccessKeySecretRef",
+            ctx,
+        )?;
+        let session_token = match &secret_ref.session_token {
+            Some(r) => Some(utf8(
+                &ctx.secret_key(r).await?,
+                "sessionTokenSecretRef",
+                ctx,
+            )?),
+            None => None,
+        };
+        return Ok(Credentials::new(
+            access_key,
+            secret_key,
+            session_token,
+            None,
+            "keyhook-secret-ref",
+        ));
+    }
+    if config.auth.jwt.is_some() {
+        return Err(ctx.build_error(
+            "auth.jwt (a service account's token per store) is not supported yet: use auth.secretRef, or keyhook's own IRSA identity from a ClusterSecretStore without auth",
+        ));
+    }
+    if ctx.store.kind == StoreKind::SecretStore {
+        return Err(ctx.build_error(
+            "a SecretStore must name its credentials in auth.secretRef: keyhook's own AWS identity serves ClusterSecretStores only",
+        ));
+    }
+    let env = ctx.aws;
+    if let Some(keys) = &env.static_keys {
+        let text = |v: &SecretValue, what: &str| utf8(v, what, ctx);
+        return Ok(Credentials::new(
+            keys.access_key_id.clone(),
+            text(&keys.secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
+            match &keys.session_token {
+                Some(token) => Some(text(token, "AWS_SESSION_TOKEN")?),
+                None => None,
+            },
+            None,
+            "keyhook-environment",
+        ));
+    }
+    let Some(identity) = &env.web_identity else {
+        return Err(ctx.build_error(
+            "no AWS credentials: set auth.secretRef, or give keyhook its own identity (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or IRSA's AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE)",
+        ));
+    };
+    let token = tokio::fs::read_to_string(&identity.token_file)
+        .await
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            ctx.build_error(format!(
+                "reading the web identity token {}: {e}",
+                identity.token_file.display()
+            ))
+        })?;
+    let role = RoleRequest {
+        role_arn: &identity.role_arn,
+        session_name: identity.session_name.as_deref().unwrap_or(SESSION_NAME),
+        external_id: None,
+    };
+    sts.assume_role_with_web_identity(role, token.trim())
+        .await
+        .map_err(|e| ctx.build_error(e))
 }
 
 fn secret_payload(answer: &Value) -> Result<SecretValue, BackendError> {

@@ -10,6 +10,7 @@ pub mod fake;
 mod http;
 pub mod kubernetes;
 pub mod onepassword;
+mod sts;
 pub mod vault;
 
 use std::future::Future;
@@ -96,15 +97,13 @@ pub enum Backend {
 
 impl Backend {
     /// How long the credentials this client was built with stay valid
-    /// (a Vault token from a login); `None` when they do not expire while
+    /// (a Vault token from a login, AWS credentials from STS); `None` when they do not expire while
     /// the client lives.
     pub fn credentials_lifetime(&self) -> Option<std::time::Duration> {
         match self {
             Backend::Vault(c) => c.credentials_lifetime(),
-            Backend::Fake(_)
-            | Backend::Kubernetes(_)
-            | Backend::Aws(_)
-            | Backend::OnePassword(_) => None,
+            Backend::Aws(c) => c.credentials_lifetime(),
+            Backend::Fake(_) | Backend::Kubernetes(_) | Backend::OnePassword(_) => None,
         }
     }
 }
@@ -146,6 +145,8 @@ impl SecretsClient for Backend {
 pub(crate) struct BuildContext<'a> {
     pub(crate) store: &'a Store,
     pub(crate) catalog: &'a dyn StoreCatalog,
+    /// keyhook's own AWS identity, for ClusterSecretStores without `auth`.
+    pub(crate) aws: &'a aws::AwsEnvironment,
 }
 
 impl BuildContext<'_> {
