@@ -2,7 +2,8 @@
 //! GetSecretValue by name and ARN, VersionId / VersionStage, JSON
 //! properties, not-found; keyhook's own identity (IRSA web identity, keys
 //! from its environment) and `role` assumption through moto's STS, with
-//! moto checking signatures and IAM policies.
+//! moto checking signatures and IAM policies; `auth.jwt` with the
+//! in-cluster catalog against a fake apiserver issuing the token.
 
 mod support;
 
@@ -12,10 +13,12 @@ use std::time::Duration;
 use keyhook::metrics::providers::ProviderMetrics;
 use keyhook::providers::backends::aws::{AwsEnvironment, StaticKeys, WebIdentity};
 use keyhook::providers::{
-    FileCatalog, ProviderError, ProviderSettings, Providers, RemoteRef, SecretValue, StoreRef,
+    ClusterCatalog, FileCatalog, ProviderError, ProviderSettings, Providers, RemoteRef,
+    SecretValue, StoreRef,
 };
 use serde_json::{Value, json};
 use support::backends::{Moto, secret_doc, xml_text};
+use support::fake_apiserver::FakeApiServer;
 use tokio::time::Instant;
 
 fn soon() -> Instant {
@@ -443,4 +446,100 @@ fn the_environment_is_read_as_the_aws_sdks_read_it() {
     );
     assert_eq!(keys.sts_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
     assert_eq!(keys.web_identity, None);
+}
+
+fn service_account(name: &str, role_arn: Option<&str>) -> Value {
+    let annotations = match role_arn {
+        Some(arn) => json!({ "eks.amazonaws.com/role-arn": arn }),
+        None => json!({}),
+    };
+    json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+    })
+}
+
+fn jwt_store(name: &str, account: &str, moto: &Moto) -> Value {
+    json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
+        "metadata": {
+            "name": name, "namespace": "shop", "generation": 1,
+            "annotations": {"keyhook.io/aws-endpoint": moto.endpoint},
+        },
+        "spec": {"provider": {"aws": {
+            "service": "SecretsManager", "region": "us-east-1",
+            "auth": {"jwt": {"serviceAccountRef": {"name": account}}},
+        }}},
+    })
+}
+
+/// `auth.jwt`: a SecretStore reads as the role its service account's
+/// `eks.amazonaws.com/role-arn` names, with a token the apiserver issued to
+/// that account for STS's audience. The catalog is the in-cluster one,
+/// against an apiserver; moto checks every signature after the STS call.
+#[tokio::test]
+async fn a_secret_store_reads_as_its_service_accounts_role() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    moto.secretsmanager(
+        "CreateSecret",
+        json!({"Name": "app/db", "SecretString": "jwt-value"}),
+    )
+    .await;
+    let role_arn = reader_role(
+        &moto,
+        json!({"Federated": format!("arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.example")}),
+    )
+    .await;
+    let api = FakeApiServer::new();
+    api.seed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
+    api.seed(service_account("reader", Some(&role_arn)));
+    api.seed(service_account("plain", None));
+    api.seed(jwt_store("aws", "reader", &moto));
+    api.seed(jwt_store("unannotated", "plain", &moto));
+    let catalog = ClusterCatalog::start(api.client("keyhook"));
+    tokio::time::timeout(Duration::from_secs(10), catalog.ready())
+        .await
+        .expect("reflectors list everything");
+    let providers = Providers::new(
+        ProviderSettings {
+            aws: AwsEnvironment {
+                sts_endpoint: Some(moto.endpoint.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        Arc::new(catalog),
+        Arc::new(ProviderMetrics::unregistered()),
+    );
+    moto.enforce_auth_after(1).await;
+
+    let value = providers
+        .client(&StoreRef::secret_store("aws"), "shop", soon())
+        .await
+        .unwrap()
+        .get_secret(&RemoteRef::key("app/db"), soon())
+        .await
+        .unwrap();
+    assert_eq!(value.expose(), b"jwt-value");
+    let tokens = api.token_requests();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(tokens[0].0, "shop/reader");
+    assert_eq!(tokens[0].1["audiences"], json!(["sts.amazonaws.com"]));
+
+    let err = providers
+        .client(&StoreRef::secret_store("unannotated"), "shop", soon())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("`plain`") && text.contains("eks.amazonaws.com/role-arn"),
+        "{text}"
+    );
+    assert_eq!(
+        api.token_requests().len(),
+        1,
+        "no token is asked for a role-less account"
+    );
 }

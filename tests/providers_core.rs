@@ -152,6 +152,13 @@ fn invalid_stores_name_the_field() {
             ),
             "spec.provider.vault.auth.tokenSecretRef.namespace",
         ),
+        (
+            base(
+                json!({"aws": {"service": "SecretsManager", "region": "eu-west-1", "auth": {"jwt": {"serviceAccountRef": {"name": "reader", "namespace": "other"}}}}}),
+                json!({}),
+            ),
+            "spec.provider.aws.auth.jwt.serviceAccountRef.namespace",
+        ),
     ];
     for (document, field) in cases {
         match Store::from_value(&document) {

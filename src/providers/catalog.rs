@@ -69,6 +69,13 @@ pub trait StoreCatalog: Send + Sync + 'static {
         audiences: &'a [String],
     ) -> BoxFuture<'a, Result<SecretValue, String>>;
 
+    /// A service account's annotations (AWS IRSA names its role in one).
+    fn service_account_annotations<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>>;
+
     /// The cluster's client, for the `kubernetes` provider's in-cluster default.
     fn kube_client(&self) -> Option<Client>;
 }
@@ -366,6 +373,15 @@ impl StoreCatalog for FileCatalog {
         .boxed()
     }
 
+    fn service_account_annotations<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>> {
+        async { Err("service accounts need a cluster; use a secretRef standalone".to_string()) }
+            .boxed()
+    }
+
     fn kube_client(&self) -> Option<Client> {
         None
     }
@@ -559,6 +575,21 @@ impl StoreCatalog for ClusterCatalog {
                 .map_err(|e| e.to_string())?;
             let status = response.status.ok_or("the TokenRequest has no status")?;
             Ok(SecretValue::from(status.token))
+        }
+        .boxed()
+    }
+
+    fn service_account_annotations<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>> {
+        async move {
+            let account = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(account.metadata.annotations.unwrap_or_default())
         }
         .boxed()
     }

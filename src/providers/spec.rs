@@ -441,11 +441,23 @@ impl ProviderConfig {
                 }
             }
             ProviderConfig::Aws(a) => {
-                let s = a.auth.secret_ref.as_ref()?;
-                (foreign(&s.access_key_id.namespace)
-                    || foreign(&s.secret_access_key.namespace)
-                    || key(&s.session_token))
-                .then_some("aws.auth.secretRef")
+                if a.auth.secret_ref.as_ref().is_some_and(|s| {
+                    foreign(&s.access_key_id.namespace)
+                        || foreign(&s.secret_access_key.namespace)
+                        || key(&s.session_token)
+                }) {
+                    Some("aws.auth.secretRef")
+                } else if a
+                    .auth
+                    .jwt
+                    .as_ref()
+                    .and_then(|j| j.service_account_ref.as_ref())
+                    .is_some_and(|s| foreign(&s.namespace))
+                {
+                    Some("aws.auth.jwt.serviceAccountRef.namespace")
+                } else {
+                    None
+                }
             }
             ProviderConfig::OnePassword(o) => {
                 let s = o.auth.as_ref()?.secret_ref.as_ref()?;
@@ -647,8 +659,8 @@ pub struct AwsProvider {
 pub struct AwsAuth {
     /// Static credentials from Secrets.
     pub secret_ref: Option<AwsAuthSecretRef>,
-    /// A service account's token exchanged with STS (not supported yet:
-    /// parsed to say so).
+    /// A service account's token exchanged with STS for the role its
+    /// `eks.amazonaws.com/role-arn` annotation names.
     pub jwt: Option<AwsJwtAuth>,
 }
 

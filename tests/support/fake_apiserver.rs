@@ -51,6 +51,8 @@ struct State {
     requests: Vec<(Method, String)>,
     /// Collections whose writes fail with HTTP 500, to hold a scenario still.
     failing: Vec<String>,
+    /// TokenRequests created: (namespace/name of the account, spec).
+    token_requests: Vec<(String, Value)>,
 }
 
 /// The in-memory apiserver.
@@ -60,8 +62,9 @@ pub struct FakeApiServer {
     changed: broadcast::Sender<()>,
 }
 
-const RESOURCES: [(&str, &str, &str); 8] = [
+const RESOURCES: [(&str, &str, &str); 9] = [
     ("secrets", "Secret", "v1"),
+    ("serviceaccounts", "ServiceAccount", "v1"),
     ("namespaces", "Namespace", "v1"),
     ("secretstores", "SecretStore", "external-secrets.io/v1"),
     (
@@ -169,6 +172,12 @@ impl FakeApiServer {
     }
 
     /// Makes writes to `collection` fail (true) or succeed again (false).
+    /// The TokenRequests created so far: the account (`namespace/name`) and
+    /// the request's spec.
+    pub fn token_requests(&self) -> Vec<(String, Value)> {
+        self.state.lock().unwrap().token_requests.clone()
+    }
+
     pub fn fail_writes_to(&self, collection: &str, fail: bool) {
         let mut state = self.state.lock().unwrap();
         state.failing.retain(|c| c != collection);
@@ -201,6 +210,12 @@ impl FakeApiServer {
             (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap());
 
         let (collection, name) = split_path(&path);
+        if method == Method::POST
+            && collection.ends_with("/serviceaccounts")
+            && path.ends_with("/token")
+        {
+            return self.token_request(&collection, name.as_deref().unwrap_or(""), body);
+        }
         let (plural, kind, api_version) = RESOURCES
             .iter()
             .find(|(p, _, _)| collection.ends_with(&format!("/{p}")))
@@ -392,6 +407,43 @@ impl FakeApiServer {
             .header("content-type", "application/json")
             .body(StreamBody::new(stream.boxed()).boxed_unsync())
             .unwrap()
+    }
+}
+
+impl FakeApiServer {
+    /// `POST .../serviceaccounts/{name}/token`, answered as the apiserver
+    /// does: the TokenRequest back with `status.token` filled in.
+    fn token_request(
+        &self,
+        collection: &str,
+        name: &str,
+        body: Option<Value>,
+    ) -> Response<ResponseBody> {
+        let mut state = self.state.lock().unwrap();
+        if !state
+            .objects
+            .contains_key(&(collection.to_string(), name.to_string()))
+        {
+            return json_response(404, &super::not_found("serviceaccounts", name));
+        }
+        let namespace = collection
+            .split("/namespaces/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        let mut request = body.unwrap_or_else(|| json!({}));
+        state
+            .token_requests
+            .push((format!("{namespace}/{name}"), request["spec"].clone()));
+        request["apiVersion"] = json!("authentication.k8s.io/v1");
+        request["kind"] = json!("TokenRequest");
+        request["metadata"] =
+            json!({"name": name, "namespace": namespace, "creationTimestamp": null});
+        request["status"] = json!({
+            "token": format!("eyJhbGciOiJSUzI1NiJ9.{namespace}.{name}"),
+            "expirationTimestamp": "2030-01-01T00:00:00Z",
+        });
+        json_response(201, &request)
     }
 }
 

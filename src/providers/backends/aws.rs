@@ -5,7 +5,10 @@
 //! (upstream's convention); a property selects a field of a JSON
 //! `SecretString`.
 //!
-//! Credentials come from `auth.secretRef`; a ClusterSecretStore without
+//! Credentials come from `auth.secretRef`, or from `auth.jwt`: a token of the
+//! named service account exchanged with STS for the role its
+//! `eks.amazonaws.com/role-arn` annotation names (IRSA per store). A
+//! ClusterSecretStore without
 //! `auth` uses keyhook's own identity from its environment (static keys, or
 //! IRSA's web identity token exchanged with STS), never a SecretStore: a
 //! namespace's store must not borrow keyhook's access. With `role` set, that
@@ -31,13 +34,19 @@ use zeroize::Zeroizing;
 use super::http::{client, transport_error};
 use super::sts::{RoleRequest, Sts};
 use super::{BackendError, BuildContext, SecretsClient, json_map, json_property, json_to_secret};
-use crate::providers::spec::AwsProvider;
+use crate::providers::spec::{AwsJwtAuth, AwsProvider};
 use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue, StoreKind};
 
 /// Environment variable upstream reads for the endpoint override.
 const ENDPOINT_ENV: &str = "AWS_SECRETSMANAGER_ENDPOINT";
 const TARGET: &str = "secretsmanager.GetSecretValue";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// The service account annotation naming the IAM role of IRSA.
+const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+/// The service account annotation overriding the token's audience.
+const AUDIENCE_ANNOTATION: &str = "eks.amazonaws.com/audience";
+/// The audience STS accepts by default.
+const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
 /// The session name STS records for keyhook, unless `AWS_ROLE_SESSION_NAME`
 /// gives another.
 const SESSION_NAME: &str = "keyhook";
@@ -267,6 +276,51 @@ impl AwsClient {
     }
 }
 
+/// IRSA for one store: the role its service account's annotation names,
+/// assumed with a token issued to that account (upstream's `auth.jwt`).
+async fn service_account_credentials(
+    ctx: &BuildContext<'_>,
+    jwt: &AwsJwtAuth,
+    sts: &Sts<'_>,
+) -> Result<Credentials, ProviderError> {
+    let account = jwt
+        .service_account_ref
+        .as_ref()
+        .ok_or_else(|| ctx.build_error("auth.jwt.serviceAccountRef is required"))?;
+    let namespace = account.namespace.as_deref();
+    let annotations = ctx
+        .service_account_annotations(namespace, &account.name)
+        .await?;
+    let role_arn = annotations.get(ROLE_ARN_ANNOTATION).ok_or_else(|| {
+        ctx.build_error(format!(
+            "service account `{}` has no `{ROLE_ARN_ANNOTATION}` annotation naming the role to assume",
+            account.name
+        ))
+    })?;
+    let audiences = if account.audiences.is_empty() {
+        vec![
+            annotations
+                .get(AUDIENCE_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_AUDIENCE.to_string()),
+        ]
+    } else {
+        account.audiences.clone()
+    };
+    let token = ctx
+        .service_account_token(namespace, &account.name, &audiences)
+        .await?;
+    let token = utf8(&token, "the service account token", ctx)?;
+    let role = RoleRequest {
+        role_arn,
+        session_name: SESSION_NAME,
+        external_id: None,
+    };
+    sts.assume_role_with_web_identity(role, &token)
+        .await
+        .map_err(|e| ctx.build_error(e))
+}
+
 /// The credentials `auth` names, or keyhook's own for a ClusterSecretStore
 /// without `auth`.
 async fn base_credentials(
@@ -301,10 +355,8 @@ async fn base_credentials(
             "keyhook-secret-ref",
         ));
     }
-    if config.auth.jwt.is_some() {
-        return Err(ctx.build_error(
-            "auth.jwt (a service account's token per store) is not supported yet: use auth.secretRef, or keyhook's own IRSA identity from a ClusterSecretStore without auth",
-        ));
+    if let Some(jwt) = &config.auth.jwt {
+        return service_account_credentials(ctx, jwt, sts).await;
     }
     if ctx.store.kind == StoreKind::SecretStore {
         return Err(ctx.build_error(

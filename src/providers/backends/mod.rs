@@ -192,6 +192,24 @@ impl BuildContext<'_> {
             })
     }
 
+    /// A service account's annotations, for auth that reads its settings
+    /// there (AWS IRSA's role).
+    pub(crate) async fn service_account_annotations(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ProviderError> {
+        let namespace = self.credential_namespace(namespace, name)?;
+        self.catalog
+            .service_account_annotations(&namespace, name)
+            .await
+            .map_err(|reason| ProviderError::Credentials {
+                store: self.store.display_name(),
+                reference: format!("serviceaccount {namespace}/{name}"),
+                reason,
+            })
+    }
+
     fn credential_namespace(
         &self,
         named: Option<&str>,
