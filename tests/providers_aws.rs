@@ -437,6 +437,7 @@ fn the_environment_is_read_as_the_aws_sdks_read_it() {
         ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
         ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI"),
         ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:5000"),
+        ("AWS_SECRETSMANAGER_ENDPOINT", "http://127.0.0.1:5001"),
     ]));
     let static_keys = keys.static_keys.unwrap();
     assert_eq!(static_keys.access_key_id, "AKIDEXAMPLE");
@@ -445,6 +446,10 @@ fn the_environment_is_read_as_the_aws_sdks_read_it() {
         "Debug redacts"
     );
     assert_eq!(keys.sts_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(
+        keys.secrets_manager_endpoint.as_deref(),
+        Some("http://127.0.0.1:5001")
+    );
     assert_eq!(keys.web_identity, None);
 }
 

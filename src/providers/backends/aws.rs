@@ -8,11 +8,10 @@
 //! Credentials come from `auth.secretRef`, or from `auth.jwt`: a token of the
 //! named service account exchanged with STS for the role its
 //! `eks.amazonaws.com/role-arn` annotation names (IRSA per store). A
-//! ClusterSecretStore without
-//! `auth` uses keyhook's own identity from its environment (static keys, or
-//! IRSA's web identity token exchanged with STS), never a SecretStore: a
-//! namespace's store must not borrow keyhook's access. With `role` set, that
-//! role is assumed on top. Temporary credentials are replaced before they
+//! ClusterSecretStore without `auth` uses keyhook's own identity from its
+//! environment (static keys, or IRSA's web identity token exchanged with
+//! STS), never a SecretStore: a namespace's store must not borrow keyhook's
+//! access. With `role` set, that role is assumed on top. Temporary credentials are replaced before they
 //! expire (the client is rebuilt at two thirds of their lifetime).
 //!
 //! The endpoint is `https://secretsmanager.<region>.amazonaws.com` unless the
@@ -37,8 +36,6 @@ use super::{BackendError, BuildContext, SecretsClient, json_map, json_property, 
 use crate::providers::spec::{AwsJwtAuth, AwsProvider};
 use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue, StoreKind};
 
-/// Environment variable upstream reads for the endpoint override.
-const ENDPOINT_ENV: &str = "AWS_SECRETSMANAGER_ENDPOINT";
 const TARGET: &str = "secretsmanager.GetSecretValue";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 /// The service account annotation naming the IAM role of IRSA.
@@ -63,6 +60,9 @@ pub struct AwsEnvironment {
     pub web_identity: Option<WebIdentity>,
     /// `AWS_ENDPOINT_URL_STS`: STS's endpoint, instead of the region's.
     pub sts_endpoint: Option<String>,
+    /// `AWS_SECRETSMANAGER_ENDPOINT` (upstream's variable): Secrets
+    /// Manager's endpoint for stores without the annotation.
+    pub secrets_manager_endpoint: Option<String>,
 }
 
 /// Long-lived keys from the environment.
@@ -116,6 +116,7 @@ impl AwsEnvironment {
             static_keys,
             web_identity,
             sts_endpoint: var("AWS_ENDPOINT_URL_STS"),
+            secrets_manager_endpoint: var("AWS_SECRETSMANAGER_ENDPOINT"),
         }
     }
 }
@@ -183,7 +184,7 @@ impl AwsClient {
         let endpoint = config
             .endpoint
             .clone()
-            .or_else(|| std::env::var(ENDPOINT_ENV).ok().filter(|e| !e.is_empty()))
+            .or_else(|| ctx.aws.secrets_manager_endpoint.clone())
             .unwrap_or_else(|| format!("https://secretsmanager.{}.amazonaws.com", config.region));
         let endpoint = format!("{}/", endpoint.trim_end_matches('/'));
         Ok(Self {
