@@ -124,8 +124,13 @@ impl Sts<'_> {
                 None => format!("HTTP {status}"),
             }));
         }
-        let answer: AssumeRoleResponse = quick_xml::de::from_str(&text)
-            .map_err(|e| failed(format!("the answer is not an STS {action} response: {e}")))?;
+        // The parser's own message could quote the answer, which holds the
+        // credentials: it is not passed on.
+        let answer: AssumeRoleResponse = quick_xml::de::from_str(&text).map_err(|_| {
+            failed(format!(
+                "HTTP {status}, but the answer is not an STS {action} response with Credentials"
+            ))
+        })?;
         let issued = answer.result.credentials;
         let expires = humantime::parse_rfc3339_weak(issued.expiration.trim_end_matches('Z'))
             .map_err(|e| failed(format!("Expiration `{}`: {e}", issued.expiration)))?;
