@@ -54,6 +54,21 @@ def rss_kib(pid, field):
     return 0
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid, run):
+    """Runs `run` (an h2load call) and adds the server's CPU per request."""
+    before = cpu_seconds(pid)
+    result = run()
+    result["cpu_us"] = (cpu_seconds(pid) - before) / max(result["n"], 1) * 1e6
+    return result
+
+
 def start_keyhook(workdir):
     webhook, health = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
@@ -144,19 +159,23 @@ def serve_bench():
         print()
         # keyhook and the floor take turns, ROUNDS times each, so that a noisy
         # neighbour on this shared machine slows both rather than one.
-        print(f"{'streams':>7} {'keyhook req/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'floor req/s':>12} {'floor p99':>9} {'ratio':>6}  ratio range")
+        # CPU µs/req: the server's own CPU time per request (steadier than
+        # throughput, which h2load on the same cores also moves).
+        print(f"{'streams':>7} {'keyhook req/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'floor req/s':>12} {'floor p99':>9} "
+              f"{'CPU µs/req keyhook/floor':>24} {'ratio':>6}  ratio range")
         for streams in (1, 16, 64):
             h2load(port, review, streams, requests=2000)  # warm-up
             h2load(floor_port, review, streams, requests=2000)
             ks, fs = [], []
             for _ in range(ROUNDS):
-                ks.append(h2load(port, review, streams))
-                fs.append(h2load(floor_port, review, streams))
+                ks.append(measured(proc.pid, lambda: h2load(port, review, streams)))
+                fs.append(measured(floor.pid, lambda: h2load(floor_port, review, streams)))
             k, f = median_run(ks), median_run(fs)
             ratios = sorted(a['rate'] / b['rate'] for a, b in zip(ks, fs))
             failed = sum(r['failed'] for r in ks)
+            cpu = f"{statistics.median(r['cpu_us'] for r in ks):.1f} / {statistics.median(r['cpu_us'] for r in fs):.1f}"
             print(f"{streams:>7} {k['rate']:>14.0f} {k['p50']:>7.2f} {k['p99']:>7.2f} {f['rate']:>12.0f} "
-                  f"{f['p99']:>9.2f} {k['rate']/f['rate']:>6.2f}  {ratios[0]:.2f}-{ratios[-1]:.2f} (paired median {statistics.median(ratios):.2f})"
+                  f"{f['p99']:>9.2f} {cpu:>24} {k['rate']/f['rate']:>6.2f}  {ratios[0]:.2f}-{ratios[-1]:.2f} (paired median {statistics.median(ratios):.2f})"
                   + (f"  ({failed} failed)" if failed else ""))
         print(f"peak RSS under load: {rss_kib(proc.pid, 'VmHWM')/1024:.1f} MiB")
         steady = h2load(port, review, 1, clients=4, rps=500, duration=10)
