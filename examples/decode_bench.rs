@@ -18,8 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const ROUNDS: u32 = 20_000;
 /// Timed repetitions of `ROUNDS` decodes; the median is reported.
 const REPETITIONS: usize = 7;
-/// This machine runs a freshly started process at half speed for its first
-/// ~100 ms; nothing is timed before this much work has been done.
+/// A thread on this machine runs at ~60% speed for its first ~250 ms of work
+/// after starting or idling; nothing is timed before this much work is done.
 const WARM_UP: Duration = Duration::from_millis(300);
 
 fn per_review(mut decode: impl FnMut()) -> Duration {

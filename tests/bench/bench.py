@@ -81,15 +81,20 @@ def start_keyhook(workdir):
     return proc, webhook, ready + 0 * t0
 
 
+def h2load_command(port, body, streams, clients=1):
+    """h2load POSTing `body` to keyhook's path on `port`; the caller adds how
+    long to run and where to log."""
+    return ["h2load", "-c", str(clients), "-m", str(streams), "-d", body,
+            "-H", "content-type: application/json", f"https://localhost:{port}/{PATH}"]
+
+
 def h2load(port, body, streams, clients=1, requests=REQUESTS, rps=None, duration=None):
     log = tempfile.NamedTemporaryFile(delete=False, suffix=".log").name
-    cmd = ["h2load", "-c", str(clients), "-m", str(streams), "-d", body,
-           "-H", "content-type: application/json", "--log-file", log]
+    cmd = h2load_command(port, body, streams, clients) + ["--log-file", log]
     if rps:
         cmd += ["--rps", str(rps), "-D", str(duration)]
     else:
         cmd += ["-n", str(requests)]
-    cmd.append(f"https://localhost:{port}/{PATH}")
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     codes, lat = [], []
     with open(log) as f:
@@ -113,9 +118,7 @@ def warm(port, body, streams):
     for its first ~250 ms of work after a second idle (decode_bench shows
     it), and each server idles while the other is measured: without this the
     ramp is timed, and it costs the server doing more work per request more."""
-    subprocess.run(["h2load", "-c", "1", "-m", str(streams), "-D", "300ms", "-d", body,
-                    "-H", "content-type: application/json", f"https://localhost:{port}/{PATH}"],
-                   capture_output=True)
+    subprocess.run(h2load_command(port, body, streams) + ["-D", "300ms"], capture_output=True)
 
 
 def median_run(runs):
