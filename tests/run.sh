@@ -4,6 +4,6 @@
 # programs required, so nothing is silently skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tests/support/install-tools.sh
+bash tests/tools/install-tools.sh
 export KEYHOOK_REQUIRE_TOOLS=1
 cargo test "$@"

@@ -5,10 +5,10 @@
 //! Kubernetes 1.33 schemas, and assert what the manifests promise.
 //!
 //! Needs `helm`, `kubernetes-validate` and `node` with the custom resource
-//! validators: `tests/support/install-chart-tools.sh` installs them. Without
+//! validators: `tests/tools/install-chart-tools.sh` installs them. Without
 //! them a test prints why and skips, unless `KEYHOOK_REQUIRE_TOOLS=1`.
 
-mod support;
+use crate::support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -584,7 +584,7 @@ fn custom_resources_validate_against_their_projects_types() {
         assert!(
             !tools_required(),
             "the custom resource validators are required (KEYHOOK_REQUIRE_TOOLS=1) but not in {}; \
-             run tests/support/install-chart-tools.sh",
+             run tests/tools/install-chart-tools.sh",
             models.display()
         );
         eprintln!(
@@ -593,7 +593,7 @@ fn custom_resources_validate_against_their_projects_types() {
         );
         return;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/validate-crs.mjs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/validate-crs.mjs");
     let validate = |objects: &[&Value]| -> (bool, String) {
         let mut child = Command::new("node")
             .arg(&script)

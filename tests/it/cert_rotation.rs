@@ -4,7 +4,7 @@
 //! may fail, new handshakes must see each new certificate, and a broken
 //! certificate must never replace a good one.
 
-mod support;
+use crate::support;
 
 use std::{
     sync::{

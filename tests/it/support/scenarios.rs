@@ -1,6 +1,6 @@
 //! Multi-replica scenarios, run against the in-memory apiserver under
-//! tokio's paused clock (`tests/cluster_scenarios.rs`) and against a real
-//! cluster in real time (`tests/e2e/`). Each replica is the real
+//! tokio's paused clock (`cluster_scenarios`) and against a real
+//! cluster in real time (`e2e`). Each replica is the real
 //! `ClusterTasks` of `keyhook serve`; the test only observes, through the
 //! API, what a kube-apiserver would: the Secret, the Lease, and the caBundle
 //! injected into each managed object, and completes real TLS handshakes.

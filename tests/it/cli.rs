@@ -1,7 +1,7 @@
 //! The `keyhook` binary as a user runs it: standalone start, SIGTERM during
 //! load, the certs commands, and flags that are wrong.
 
-mod support;
+use crate::support;
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},

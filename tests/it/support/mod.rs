@@ -3,7 +3,6 @@
 //! mock wrapped as an `ApiServerVerifier` that asserts each request, an
 //! in-memory apiserver for multi-replica scenarios, and a TLS handshake at a
 //! chosen time.
-#![allow(dead_code)] // each test binary uses a different part
 
 pub mod backends;
 pub mod fake_apiserver;
@@ -12,7 +11,6 @@ pub mod scenarios;
 pub mod server;
 pub mod tls;
 
-#[allow(unused_imports)] // not every test binary uses the server helpers
 pub use server::*;
 
 use std::{path::PathBuf, time::Duration};
@@ -49,9 +47,6 @@ pub type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body
 /// One request the code under test made, with its body parsed.
 #[derive(Debug)]
 pub struct Seen {
-    pub method: http::Method,
-    /// Path and query, exactly as sent.
-    pub uri: String,
     pub content_type: Option<String>,
     pub body: Option<Value>,
     respond: tower_test::mock::SendResponse<Response<Body>>,
@@ -97,12 +92,9 @@ impl ApiServerVerifier {
             .headers()
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_string());
-        let method = request.method().clone();
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body = (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap());
         Seen {
-            method,
-            uri: seen_uri,
             content_type,
             body,
             respond,

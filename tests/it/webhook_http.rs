@@ -2,7 +2,7 @@
 //! and HTTP/1.1, every kind of bad input through the router, and a fuzz of
 //! review decoding with arbitrary bytes and mangled real reviews.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 
@@ -23,8 +23,8 @@ use support::{POD_REVIEW, POD_REVIEW_UID, Running};
 use tower::ServiceExt;
 
 const CONVERSION_REVIEW: &str =
-    include_str!("fixtures/conversion/externalsecrets-v1alpha1-to-v1.json");
-const EXTERNAL_SECRET_V1: &str = include_str!("fixtures/apis/v1/externalsecret-full.yaml");
+    include_str!("../fixtures/conversion/externalsecrets-v1alpha1-to-v1.json");
+const EXTERNAL_SECRET_V1: &str = include_str!("../fixtures/apis/v1/externalsecret-full.yaml");
 
 /// The webhooks with the flag defaults (8 MiB, 8 s) and no injector.
 fn router() -> WebhookService {

@@ -1,7 +1,7 @@
 //! The provider layer through its public API: store parsing, namespace
 //! conditions, the stores file, single-flight, coalescing, backoff, errors.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ use serde_json::json;
 use support::backends::{Connect, ConnectState, item, secret_doc};
 use tokio::time::Instant;
 
-const FIXTURE: &str = include_str!("fixtures/providers/stores.yaml");
+const FIXTURE: &str = include_str!("../fixtures/providers/stores.yaml");
 
 fn layer(
     yaml: &str,

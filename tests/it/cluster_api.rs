@@ -2,7 +2,7 @@
 //! (method, path, query with the field manager, body) against kube's
 //! `tower-test` mock, and answered with recorded apiserver JSON.
 
-mod support;
+use crate::support;
 
 use std::{sync::Arc, time::Duration};
 

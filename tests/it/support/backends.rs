@@ -29,10 +29,10 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     if found.is_none() {
         if super::tools_required() {
             panic!(
-                "`{name}` is required (KEYHOOK_REQUIRE_TOOLS=1); run tests/support/install-tools.sh"
+                "`{name}` is required (KEYHOOK_REQUIRE_TOOLS=1); run tests/tools/install-tools.sh"
             );
         }
-        eprintln!("SKIPPED: `{name}` not on PATH; run tests/support/install-tools.sh");
+        eprintln!("SKIPPED: `{name}` not on PATH; run tests/tools/install-tools.sh");
     }
     found
 }
@@ -101,7 +101,8 @@ where
 
 /// A real OpenBao dev server on a free loopback port; stopped on drop.
 pub struct Bao {
-    child: Child,
+    /// Held so the server is killed on drop (`kill_on_drop`).
+    _child: Child,
     pub addr: String,
     pub token: String,
     pub ca_pem: Option<Vec<u8>>,
@@ -177,7 +178,7 @@ impl Bao {
         };
         wait_until_up(&format!("{addr}/v1/sys/health"), &http, &mut child).await?;
         Ok(Self {
-            child,
+            _child: child,
             addr,
             token,
             ca_pem,
@@ -227,7 +228,8 @@ impl Bao {
 
 /// A real moto server (AWS mock) on a free loopback port; stopped on drop.
 pub struct Moto {
-    child: Child,
+    /// Held so the server is killed on drop (`kill_on_drop`).
+    _child: Child,
     pub endpoint: String,
     http: reqwest::Client,
 }
@@ -251,7 +253,7 @@ impl Moto {
         let http = http();
         wait_until_up(&format!("{endpoint}/moto-api/"), &http, &mut child).await?;
         Ok(Self {
-            child,
+            _child: child,
             endpoint,
             http,
         })

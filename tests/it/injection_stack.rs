@@ -2,7 +2,7 @@
 //! fake provider of `examples/stores.yaml`, Secrets written to a temporary
 //! `--secrets-dir`. Inject, dry-run, reinvocation and every error message.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

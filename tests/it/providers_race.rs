@@ -2,7 +2,7 @@
 //! two Connect servers whose vaults hold the same item titles, fetched 1,000
 //! times interleaved while both stores are re-created. Zero cross-reads.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -26,7 +26,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use tokio_util::sync::CancellationToken;
 
 /// A real AdmissionReview for a pod created by a Deployment's ReplicaSet.
-pub const POD_REVIEW: &str = include_str!("../fixtures/admission/pod-create-deployment.json");
+pub const POD_REVIEW: &str = include_str!("../../fixtures/admission/pod-create-deployment.json");
 /// Its request uid.
 pub const POD_REVIEW_UID: &str = "4b2e1f0a-8c3d-4e5f-9a6b-7c8d9e0f1a2b";
 
@@ -296,13 +296,6 @@ pub fn tools_required() -> bool {
 /// prints why the check is skipped.
 pub fn have_tool(tool: &str) -> bool {
     super::backends::require_tool(tool).is_some()
-}
-
-/// Writes a bundle's files into a plain directory.
-pub fn write_files(dir: &Path, bundle: &PemBundle) {
-    std::fs::write(dir.join("tls.crt"), &bundle.tls_crt).expect("write");
-    std::fs::write(dir.join("tls.key"), bundle.tls_key.expose()).expect("write");
-    std::fs::write(dir.join("ca.crt"), &bundle.ca_crt).expect("write");
 }
 
 /// A key that parses but belongs to no certificate here.

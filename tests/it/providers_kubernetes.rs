@@ -2,7 +2,7 @@
 //! `GET /api/v1/namespaces/{ns}/secrets/{name}` with Secret JSON as the
 //! apiserver does (and a `Status` body for errors), checking the bearer token.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! behaviour in seconds, against a backend that counts what it sees per
 //! second.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! makes with the endpoint like the apiserver would (a real TLS server on
 //! loopback), and every finding it reports.
 
-mod support;
+use crate::support;
 
 use std::{sync::Arc, time::Duration};
 

@@ -3,7 +3,7 @@
 //! local TokenReview endpoint standing in for the kube-apiserver), TLS with
 //! a CA bundle, and the wrong-backend race across two namespaces.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -105,7 +105,7 @@ fn schemas_keep_unknown_fields_and_provider_blocks() {
 
 /// Fails when `charts/keyhook/files/crds/` differs from the generator. Regenerate
 /// with `cargo run -- crds --out charts/keyhook/files/crds`, or
-/// `KEYHOOK_BLESS=1 cargo test --test apis_crds`.
+/// `KEYHOOK_BLESS=1 cargo test apis_crds`.
 #[test]
 fn chart_crds_match_the_generator() {
     let bless = std::env::var_os("KEYHOOK_BLESS").is_some();
@@ -121,7 +121,7 @@ fn chart_crds_match_the_generator() {
             found == expected,
             "{} is out of date with the CRD generator; regenerate it with \
              `cargo run -- crds --out charts/keyhook/files/crds` \
-             (or `KEYHOOK_BLESS=1 cargo test --test apis_crds`)",
+             (or `KEYHOOK_BLESS=1 cargo test apis_crds`)",
             path.display()
         );
     }

@@ -2,7 +2,7 @@
 //! 50 requests/s; the backend counts what it sees per second. Runs in real
 //! time (about 40 s): the limit is a property of wall-clock time.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
