@@ -20,9 +20,9 @@ use crate::{
     },
     clock::Clock,
     config::{CertMode, ServeArgs},
-    health::ReadinessCheck,
     leader::{self, LeaderElector, Leadership, LeaseSettings},
     metrics::Metrics,
+    readiness::ReadinessCheck,
 };
 
 /// What the cluster-side tasks need to know, from the flags or a test.

@@ -16,6 +16,7 @@ mod cluster_flags;
 mod cluster_scenarios;
 mod doctor;
 mod e2e;
+mod hostile;
 mod injection_cluster;
 mod injection_patch;
 mod injection_prop;

@@ -27,9 +27,9 @@ use keyhook::{
     },
     clock::{Clock, SystemClock, TokioClock},
     config::CertMode,
-    health::Readiness,
     leader::LeaseSettings,
     metrics::Metrics,
+    readiness::Readiness,
     server::cluster::{ClusterSettings, ClusterTasks},
 };
 use kube::{
@@ -247,8 +247,9 @@ impl Harness {
             shutdown.clone(),
             background.clone(),
         );
-        let readiness =
-            Readiness::new(serving.clone(), shutdown.clone()).with_check(tasks.readiness.clone());
+        let readiness = Readiness::new(shutdown.clone())
+            .with_check(serving.clone())
+            .with_check(tasks.readiness.clone());
         Replica {
             name: name.into(),
             serving,
@@ -291,7 +292,7 @@ impl Harness {
         &self,
         replica: &Replica,
         ready: bool,
-    ) -> keyhook::health::ReadinessReport {
+    ) -> keyhook::readiness::ReadinessReport {
         let start = self.timing.clock.now();
         loop {
             let report = replica.readiness.report(self.timing.clock.unix_now());
