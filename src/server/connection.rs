@@ -46,6 +46,10 @@ use crate::metrics::{CloseReason, ConnectionMetrics};
 /// has in flight (a request that crossed the GOAWAY) before it is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a connection that never sent a request may take to read its
+/// GOAWAY before it is dropped: it has nothing in flight to finish.
+const NO_REQUEST_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// What a connection's requests tell its watchdog. Updated twice per
 /// request, by the connection's own tasks only: no other connection
 /// touches these cache lines.
@@ -222,10 +226,17 @@ where
     };
     context.metrics.closed(reason);
     connection.as_mut().graceful_shutdown();
-    if reason == CloseReason::Shutdown {
+    let grace = match reason {
         // The server's drain bounds this wait.
+        CloseReason::Shutdown => None,
+        CloseReason::NoRequest => Some(NO_REQUEST_CLOSE_GRACE),
+        _ => Some(CLOSE_GRACE),
+    };
+    let Some(grace) = grace else {
         let _ = connection.await;
-    } else if tokio::time::timeout(CLOSE_GRACE, connection).await.is_err() {
+        return;
+    };
+    if tokio::time::timeout(grace, connection).await.is_err() {
         tracing::debug!(
             ?reason,
             "a closing connection did not finish in time; dropped"

@@ -84,9 +84,18 @@ pub const HEALTH_MAX_CONNECTIONS: usize = 64;
 const RESERVED_FDS: u64 = HEALTH_MAX_CONNECTIONS as u64 + 192;
 
 /// The most webhook connections keyhook holds by default, whatever the
-/// open-file limit: apiservers hold a handful each, and every idle TLS
-/// connection keeps its buffers.
-const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+/// open-file limit: apiservers hold a handful each, and each connection may
+/// hold up to [`CONNECTION_WINDOW`] of body data keyhook has not read yet.
+const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+
+/// HTTP/2 receive windows. Body data a client sends before keyhook reads
+/// it (while its request waits for `--max-inflight-bytes`, say) is held in
+/// these, outside the budget: the connection's window bounds it per
+/// connection, and a stream's window is smaller so that one waiting stream
+/// cannot stall the others.
+const CONNECTION_WINDOW: u32 = 512 * 1024;
+/// See [`CONNECTION_WINDOW`].
+const STREAM_WINDOW: u32 = 256 * 1024;
 
 /// The webhook listener's connection cap: `configured`, or derived from
 /// the open-file limit, whose soft value is first raised to the hard one.
@@ -153,7 +162,9 @@ fn http_builder(timeouts: ConnectionTimeouts) -> auto::Builder<TokioExecutor> {
     // Go's servers, the apiserver's own, do.
     http.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW);
     http
 }
 
@@ -287,7 +298,14 @@ async fn serve_one<S>(
         connection::serve(tcp, service, accepted, &context).await;
         return;
     };
-    match handshake.run(tls, tcp, peer).await {
+    let handshake = tokio::select! {
+        outcome = handshake.run(tls, tcp, peer) => outcome,
+        // Shed too when the listener needs room: a client that means to talk
+        // finishes its handshake in milliseconds, so one still in it most
+        // likely stalls, and one cut off by mistake simply reconnects.
+        () = context.shed.notified() => Err(CloseReason::Shed),
+    };
+    match handshake {
         Ok(stream) => connection::serve(stream, service, accepted, &context).await,
         Err(reason) => context.metrics.closed(reason),
     }

@@ -263,6 +263,46 @@ async fn past_the_memory_budget_a_request_waits_then_gets_503() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+/// Large bodies held open cannot take the share of the budget kept for
+/// ordinary reviews.
+#[tokio::test]
+async fn stalled_large_bodies_leave_room_for_ordinary_reviews() {
+    let settings = WebhookSettings {
+        max_body: 256 * 1024,
+        max_inflight_bytes: 256 * 1024,
+        request_timeout: Duration::from_secs(5),
+    };
+    let metrics = Metrics::new();
+    let service = webhook_service(settings, &metrics, None);
+    // Three would fill the whole budget; two fit the large bodies' share.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let (body, keep_open) = stalled_body();
+        let request = review_request("/convert", body, Some(85 * 1024));
+        stalled.push((tokio::spawn(service.clone().oneshot(request)), keep_open));
+    }
+    while metrics.server.body_bytes.get() < 170 * 1024 {
+        tokio::task::yield_now().await;
+    }
+    let response = service
+        .oneshot(review_request(
+            "/mutate-pod",
+            Body::from(POD_REVIEW),
+            Some(POD_REVIEW.len()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        stalled.iter().all(|(task, _)| !task.is_finished()),
+        "answered while the large bodies still hold their share"
+    );
+    for (task, keep_open) in stalled {
+        drop(keep_open);
+        let _ = task.await;
+    }
+}
+
 /// An ExternalSecret review with `entries` data entries: a large, valid
 /// object.
 fn large_validation_review(entries: usize) -> String {
