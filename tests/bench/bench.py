@@ -2,7 +2,8 @@
 """Drives keyhook (release build, standalone) and the floor server with h2load
 over TLS + HTTP/2 and prints the figures the issues ask for.
 
-  bench.py serve       pod AdmissionReview at 1/16/64 streams, keyhook vs floor
+  bench.py serve       pod AdmissionReview at 1 x 1, 1 x 64, 4 x 16 and 16 x 4
+                       connections x streams, keyhook vs floor
                        taking turns (median of BENCH_ROUNDS=7 runs of
                        BENCH_REQUESTS=40000 each), a steady 2,000 req/s
                        latency run, start-to-ready, RSS
@@ -23,6 +24,8 @@ POD_REVIEW = os.path.join(ROOT, "tests", "fixtures", "admission", "pod-create-de
 CONVERSION_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "conversion", "externalsecrets-v1alpha1-to-v1.json")
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "40000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+# (connections, streams per connection) of the throughput runs.
+SHAPES = [(1, 1), (1, 64), (4, 16), (16, 4)]
 
 
 def free_port():
@@ -113,12 +116,12 @@ def h2load(port, body, streams, clients=1, requests=REQUESTS, rps=None, duration
     return dict(rate=rate, p50=pct(0.50), p99=pct(0.99), n=len(lat), failed=failed)
 
 
-def warm(port, body, streams):
+def warm(port, body, streams, clients=1):
     """300 ms of load, untimed. A thread on this machine runs at ~60% speed
     for its first ~250 ms of work after a second idle (decode_bench shows
     it), and each server idles while the other is measured: without this the
     ramp is timed, and it costs the server doing more work per request more."""
-    subprocess.run(h2load_command(port, body, streams) + ["-D", "300ms"], capture_output=True)
+    subprocess.run(h2load_command(port, body, streams, clients) + ["-D", "300ms"], capture_output=True)
 
 
 def median_run(runs):
@@ -174,20 +177,23 @@ def serve_bench():
         # neighbour on this shared machine slows both rather than one.
         # CPU µs/req: the server's own CPU time per request (steadier than
         # throughput, which h2load on the same cores also moves).
-        print(f"{'streams':>7} {'keyhook req/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'floor req/s':>12} {'floor p99':>9} "
+        print(f"{'conns x streams':>15} {'keyhook req/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'floor req/s':>12} {'floor p99':>9} "
               f"{'CPU µs/req keyhook/floor':>24} {'ratio':>6}  ratio range")
-        for streams in (1, 16, 64):
+        # One HTTP/2 connection as a single apiserver holds it, and the
+        # shapes of an HA control plane's several apiservers.
+        for clients, streams in SHAPES:
             ks, fs = [], []
             for _ in range(ROUNDS):
-                warm(port, review, streams)
-                ks.append(measured(proc.pid, lambda: h2load(port, review, streams)))
-                warm(floor_port, review, streams)
-                fs.append(measured(floor.pid, lambda: h2load(floor_port, review, streams)))
+                warm(port, review, streams, clients)
+                ks.append(measured(proc.pid, lambda: h2load(port, review, streams, clients)))
+                warm(floor_port, review, streams, clients)
+                fs.append(measured(floor.pid, lambda: h2load(floor_port, review, streams, clients)))
             k, f = median_run(ks), median_run(fs)
             ratios = sorted(a['rate'] / b['rate'] for a, b in zip(ks, fs))
             failed = sum(r['failed'] for r in ks)
             cpu = f"{statistics.median(r['cpu_us'] for r in ks):.1f} / {statistics.median(r['cpu_us'] for r in fs):.1f}"
-            print(f"{streams:>7} {k['rate']:>14.0f} {k['p50']:>7.2f} {k['p99']:>7.2f} {f['rate']:>12.0f} "
+            shape = f"{clients} x {streams}"
+            print(f"{shape:>15} {k['rate']:>14.0f} {k['p50']:>7.2f} {k['p99']:>7.2f} {f['rate']:>12.0f} "
                   f"{f['p99']:>9.2f} {cpu:>24} {k['rate']/f['rate']:>6.2f}  {ratios[0]:.2f}-{ratios[-1]:.2f} (paired median {statistics.median(ratios):.2f})"
                   + (f"  ({failed} failed)" if failed else ""))
         print(f"peak RSS under load: {rss_kib(proc.pid, 'VmHWM')/1024:.1f} MiB")
