@@ -16,4 +16,5 @@ pub mod injection;
 pub mod leader;
 pub mod metrics;
 pub mod providers;
+pub mod reflectors;
 pub mod server;

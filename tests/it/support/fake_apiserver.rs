@@ -286,7 +286,7 @@ impl Default for FakeApiServer {
 }
 
 /// A fixture under `tests/fixtures/kube/`, parsed.
-fn fixture(name: &str) -> Value {
+pub fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/kube")
         .join(name);
@@ -403,11 +403,17 @@ impl FakeApiServer {
         })
     }
 
-    /// Stores `object` as if created by someone else (an event watches see).
+    /// Stores `object` as if someone else created or replaced it (an event
+    /// watches see).
     pub fn seed(&self, object: Value) {
         let mut state = self.state.lock().unwrap();
         let (key, _) = key_of(&object);
-        Self::store(&mut state, key, object, "ADDED");
+        let kind = if state.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        Self::store(&mut state, key, object, kind);
         let rv = state.rv;
         drop(state);
         self.changed.send_replace(rv);
