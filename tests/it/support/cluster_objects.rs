@@ -92,6 +92,19 @@ pub fn fake_cluster_store(name: &str) -> Value {
     })
 }
 
+/// A ClusterSecretStore of the `vault` provider whose token is in the
+/// Secret `credential` (namespace `keyhook`).
+pub fn vault_cluster_store(name: &str, credential: &str) -> Value {
+    json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore",
+        "metadata": {"name": name, "uid": format!("store-{name}"), "generation": 1},
+        "spec": {"provider": {"vault": {
+            "server": "https://vault.example.com:8200", "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": credential, "namespace": "keyhook", "key": "token"}}
+        }}}
+    })
+}
+
 /// A ClusterSecretStore of the `kubernetes` provider reading namespace
 /// `remote` of the apiserver at `url` with the bearer token in the Secret
 /// `credential` (namespace `keyhook`).

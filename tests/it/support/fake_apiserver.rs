@@ -8,7 +8,8 @@
 //! and paginated with `limit`/`continue`), watches (events after a
 //! resourceVersion, a bookmark before `timeoutSeconds` ends the stream, `410
 //! Gone` for a version older than its history), POST, PUT (409 on a stale
-//! resourceVersion), server-side apply (merging list maps by `name`) and
+//! resourceVersion), server-side apply (creating, or merging list maps by
+//! `name`) and
 //! DELETE, with the Status bodies of the real apiserver. Metadata-only
 //! requests (`Accept: …;as=PartialObjectMetadata…`) get
 //! `PartialObjectMetadata(List)`. Every request is recorded by verb, resource
@@ -615,7 +616,13 @@ impl FakeApiServer {
             _ if target.subresource.as_deref() == Some("token") => {
                 self.token_request(&target, body)
             }
-            _ => self.object_request(replica, method, &target, body, metadata_only),
+            _ => {
+                let apply = headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/apply-patch"));
+                self.object_request(replica, method, apply, &target, body, metadata_only)
+            }
         };
         self.state.lock().unwrap().requests.push(request);
         if let Some(by) = delay {
@@ -772,6 +779,7 @@ impl FakeApiServer {
         &self,
         replica: &str,
         method: &Method,
+        apply: bool,
         target: &Target,
         body: Option<Value>,
         metadata_only: bool,
@@ -817,6 +825,13 @@ impl FakeApiServer {
         };
         let response = match (method.as_str(), existing) {
             ("GET", Some(object)) => return bytes_response(200, object.body(metadata_only)),
+            // Server-side apply creates what does not exist.
+            ("PATCH", None) if apply => {
+                let mut object = body.unwrap();
+                object["metadata"]["uid"] =
+                    format!("00000000-0000-4000-8000-{:012}", state.rv + 1).into();
+                (201, Self::store(&mut state, key, object, "ADDED"))
+            }
             ("GET", None) | ("PUT" | "PATCH" | "DELETE", None) => return not_found(&object_name),
             ("POST", Some(_)) => {
                 return json_response(

@@ -28,8 +28,10 @@ use keyhook::{
     clock::{Clock, SystemClock, TokioClock},
     config::CertMode,
     health::Readiness,
-    leader::LeaseSettings,
+    injection::{self, RefreshSettings},
+    leader::{self, LeaseSettings},
     metrics::Metrics,
+    providers::ProviderSettings,
     server::cluster::{ClusterSettings, ClusterTasks},
 };
 use kube::{
@@ -169,6 +171,14 @@ impl Harness {
         }
     }
 
+    /// The in-memory apiserver; `None` against a real cluster.
+    pub fn api(&self) -> Option<&FakeApiServer> {
+        match &self.backend {
+            Backend::Fake(fake) => Some(fake),
+            Backend::Real(_) => None,
+        }
+    }
+
     /// Answers `replica`'s reads (GET by name) of the certificate Secret
     /// `by` late, with the data as it was when each read arrived. A real
     /// cluster cannot be told to; returns whether delayed.
@@ -273,9 +283,56 @@ impl Harness {
             metrics,
             readiness,
             tasks: Some(tasks),
+            loops: Vec::new(),
             shutdown,
             background,
         }
+    }
+
+    /// Starts a self-managed replica named `name` that also serves pod
+    /// injection: its store catalog and caches, and (while it leads) the
+    /// refresh and GC loops, as `keyhook serve` wires them.
+    pub fn start_injecting(&self, name: &str) -> Replica {
+        let mut replica = self.start(name);
+        let injection = keyhook::server::cluster::start_injection(
+            self.client(name),
+            ProviderSettings::default(),
+            self.timing.clock.clone(),
+            &replica.metrics,
+        );
+        replica.readiness = replica.readiness.clone().with_check(injection.readiness);
+        let leadership = replica
+            .tasks
+            .as_ref()
+            .expect("just started")
+            .leadership
+            .clone();
+        let injector = injection.injector;
+        let metrics = replica.metrics.secrets.clone();
+        let refresh = {
+            let injector = injector.clone();
+            tokio::spawn(leader::run_while_leader(
+                leadership.clone(),
+                replica.shutdown.clone(),
+                "secret-refresh",
+                move |term| {
+                    injection::run_refresh(
+                        injector.clone(),
+                        RefreshSettings::default(),
+                        metrics.clone(),
+                        term,
+                    )
+                },
+            ))
+        };
+        let gc = tokio::spawn(leader::run_while_leader(
+            leadership,
+            replica.shutdown.clone(),
+            "secret-gc",
+            move |term| injection::run_gc(injector.clone(), RefreshSettings::default(), term),
+        ));
+        replica.loops = vec![refresh, gc];
+        replica
     }
 
     /// What the API says now.
@@ -482,6 +539,9 @@ pub struct Replica {
     pub metrics: Metrics,
     pub readiness: Readiness,
     tasks: Option<ClusterTasks>,
+    /// The refresh and GC loops of a replica serving injection; they own
+    /// its injector, whose caches stop with them.
+    loops: Vec<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
     background: CancellationToken,
 }
@@ -499,6 +559,9 @@ impl Replica {
         if let Some(tasks) = self.tasks.take() {
             tasks.abort();
         }
+        for task in self.loops.drain(..) {
+            task.abort();
+        }
     }
 
     /// Ends it gracefully, as SIGTERM would: the Lease is released.
@@ -507,6 +570,9 @@ impl Replica {
         self.background.cancel();
         if let Some(tasks) = self.tasks.take() {
             tasks.join().await;
+        }
+        for task in self.loops.drain(..) {
+            let _ = task.await;
         }
     }
 }
