@@ -44,9 +44,17 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub injection: InjectionArgs,
 
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+
     /// Largest request body accepted (e.g. `8MiB`); larger bodies get HTTP 413.
     #[arg(long, env = "KEYHOOK_MAX_BODY", default_value = "8MiB", value_name = "SIZE", value_parser = parse_byte_size)]
     pub max_body: usize,
+
+    /// Request bodies all webhook requests together may hold in memory;
+    /// past it, requests wait for room until their deadline, then get 503.
+    #[arg(long, env = "KEYHOOK_MAX_INFLIGHT_BYTES", default_value = "128MiB", value_name = "SIZE", value_parser = parse_byte_size)]
+    pub max_inflight_bytes: usize,
 
     /// Deadline for answering one review; keep it under the apiserver's 10 s.
     #[arg(long, env = "KEYHOOK_REQUEST_TIMEOUT", default_value = "8s", value_name = "DURATION", value_parser = parse_request_timeout)]
@@ -58,6 +66,93 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Limits of the webhook listener's connections.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Webhook connections open at once (default: from the open-file limit,
+    /// which keyhook raises to its hard limit at start); past it, idle
+    /// connections are closed to make room and new ones wait.
+    #[arg(long, env = "KEYHOOK_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// A TLS handshake must finish within this.
+    #[arg(long, env = "KEYHOOK_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// A new connection must send its first request within this.
+    #[arg(long, env = "KEYHOOK_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub first_request_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    #[arg(long, env = "KEYHOOK_IDLE_TIMEOUT", default_value = "120s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// HTTP/1.1 request headers must arrive within this.
+    #[arg(long, env = "KEYHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+}
+
+impl ConnectionArgs {
+    /// The timeouts of each connection's phases.
+    pub fn timeouts(&self) -> ConnectionTimeouts {
+        ConnectionTimeouts {
+            handshake: self.tls_handshake_timeout,
+            first_request: self.first_request_timeout,
+            idle: self.idle_timeout,
+            header_read: self.header_read_timeout,
+        }
+    }
+}
+
+/// The timeouts of one connection's phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTimeouts {
+    /// The TLS handshake must finish within this.
+    pub handshake: Duration,
+    /// The first request's headers must have arrived this long after the
+    /// connection was accepted.
+    pub first_request: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle: Duration,
+    /// HTTP/1.1 request headers must arrive within this once they start.
+    pub header_read: Duration,
+}
+
+impl Default for ConnectionTimeouts {
+    /// The flags' defaults.
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(120),
+            header_read: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits shared by every webhook route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// Largest accepted body, bytes.
+    pub max_body: usize,
+    /// Request bodies all requests together may hold, bytes.
+    pub max_inflight_bytes: usize,
+    /// Deadline for one review, from the moment its request arrives.
+    pub request_timeout: Duration,
+}
+
+impl Default for WebhookSettings {
+    /// The defaults of `--max-body` (8 MiB), `--max-inflight-bytes`
+    /// (128 MiB) and `--request-timeout` (8 s).
+    fn default() -> Self {
+        Self {
+            max_body: 8 << 20,
+            max_inflight_bytes: 128 << 20,
+            request_timeout: Duration::from_secs(8),
+        }
+    }
 }
 
 /// Where certificates live and which names they must carry; shared by
@@ -187,9 +282,10 @@ pub struct InjectionArgs {
 
 impl ServeArgs {
     /// The limits of every webhook route these flags describe.
-    pub fn webhook_settings(&self) -> crate::server::routes::WebhookSettings {
-        crate::server::routes::WebhookSettings {
+    pub fn webhook_settings(&self) -> WebhookSettings {
+        WebhookSettings {
             max_body: self.max_body,
+            max_inflight_bytes: self.max_inflight_bytes,
             request_timeout: self.request_timeout,
         }
     }
@@ -448,9 +544,10 @@ mod tests {
             serve: ServeArgs,
         }
         let defaults = Flags::try_parse_from(["keyhook"]).unwrap().serve;
+        assert_eq!(defaults.webhook_settings(), WebhookSettings::default());
         assert_eq!(
-            defaults.webhook_settings(),
-            crate::server::routes::WebhookSettings::default()
+            defaults.connections.timeouts(),
+            ConnectionTimeouts::default()
         );
     }
 

@@ -16,5 +16,6 @@ pub mod injection;
 pub mod leader;
 pub mod metrics;
 pub mod providers;
+pub mod readiness;
 pub mod reflectors;
 pub mod server;

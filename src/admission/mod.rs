@@ -7,6 +7,6 @@ pub mod pod;
 pub mod review;
 
 pub use review::{
-    AdmissionAnswer, Deadline, ReviewError, admit_within, convert_within, decode_admission,
-    decode_conversion,
+    AdmissionAnswer, Deadline, ReviewError, admit_within, conversion_timeout, convert_within,
+    decode_admission, decode_conversion, review_uid, timeout_denial,
 };

@@ -38,6 +38,14 @@ pub enum ReviewError {
     /// The body did not arrive before the deadline.
     #[error("request body did not arrive within {0:?} (--request-timeout)")]
     BodyTimeout(Duration),
+    /// The request-memory budget stayed spent until the deadline.
+    #[error(
+        "keyhook is holding as many request bodies as --max-inflight-bytes ({limit} bytes) allows; retry shortly"
+    )]
+    OverBudget {
+        /// The budget in bytes.
+        limit: usize,
+    },
     /// The body could not be read off the connection.
     #[error("request body could not be read: {0}")]
     BodyRead(String),
@@ -60,6 +68,7 @@ impl ReviewError {
             ReviewError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ReviewError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ReviewError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ReviewError::OverBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ReviewError::BodyRead(_) | ReviewError::Malformed { .. } => StatusCode::BAD_REQUEST,
         }
     }
@@ -283,17 +292,22 @@ where
 {
     match tokio::time::timeout_at(deadline.at, handler).await {
         Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(uid = %request.uid, timeout = ?deadline.timeout, "admission handler overran its deadline");
-            let mut response = AdmissionResponse::from(request).deny(format!(
-                "keyhook could not decide within its {} deadline (--request-timeout); the request was not admitted, retry it",
-                humantime::format_duration(deadline.timeout)
-            ));
-            response.result.code = StatusCode::GATEWAY_TIMEOUT.as_u16();
-            response.result.reason = "Timeout".into();
-            response
-        }
+        Err(_) => timeout_denial(request.uid.clone(), deadline),
     }
+}
+
+/// The answer to the admission review `uid` that keyhook could not decide
+/// by its deadline: a denial that says so.
+pub fn timeout_denial(uid: String, deadline: Deadline) -> AdmissionResponse {
+    tracing::warn!(%uid, timeout = ?deadline.timeout, "admission review overran its deadline");
+    let mut response = AdmissionResponse::invalid(format!(
+        "keyhook could not decide within its {} deadline (--request-timeout); the request was not admitted, retry it",
+        humantime::format_duration(deadline.timeout)
+    ));
+    response.uid = uid;
+    response.result.code = StatusCode::GATEWAY_TIMEOUT.as_u16();
+    response.result.reason = "Timeout".into();
+    response
 }
 
 /// Runs a conversion `handler`, failing the review if it does not finish
@@ -304,19 +318,41 @@ where
 {
     match tokio::time::timeout_at(deadline.at, handler).await {
         Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(%uid, timeout = ?deadline.timeout, "conversion handler overran its deadline");
-            let mut response = ConversionResponse::invalid(Status::failure(
-                &format!(
-                    "keyhook could not convert within its {} deadline (--request-timeout)",
-                    humantime::format_duration(deadline.timeout)
-                ),
-                "Timeout",
-            ));
-            response.uid = uid.to_string();
-            response
-        }
+        Err(_) => conversion_timeout(uid.to_string(), deadline),
     }
+}
+
+/// The answer to the conversion review `uid` that keyhook could not
+/// convert by its deadline: a failure that says so.
+pub fn conversion_timeout(uid: String, deadline: Deadline) -> ConversionResponse {
+    tracing::warn!(%uid, timeout = ?deadline.timeout, "conversion review overran its deadline");
+    let mut response = ConversionResponse::invalid(Status::failure(
+        &format!(
+            "keyhook could not convert within its {} deadline (--request-timeout)",
+            humantime::format_duration(deadline.timeout)
+        ),
+        "Timeout",
+    ));
+    response.uid = uid;
+    response
+}
+
+/// The `request.uid` of a review body, read without decoding the rest
+/// (skipped, not stored); empty when the body has none.
+pub fn review_uid(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Review {
+        request: Option<Request>,
+    }
+    #[derive(Deserialize)]
+    struct Request {
+        uid: String,
+    }
+    serde_json::from_slice::<Review>(body)
+        .ok()
+        .and_then(|review| review.request)
+        .map(|request| request.uid)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use serde::Serialize;
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
 use super::{Error, PemBundle, ServiceIdentity, SubjectAltName, generate::renewal_due};
+use crate::readiness::Check;
 
 /// What a certificate says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -26,34 +27,6 @@ pub struct CertInfo {
     pub not_after: i64,
     /// Whether it is a CA certificate.
     pub is_ca: bool,
-}
-
-/// The result of one named check, as `/readyz` and `certs inspect` report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Check {
-    /// Stable name of the check.
-    pub name: &'static str,
-    /// Whether it passed.
-    pub ok: bool,
-    /// What was found, or what is wrong.
-    pub detail: String,
-}
-
-impl Check {
-    fn from_result(name: &'static str, result: Result<String, String>) -> Self {
-        match result {
-            Ok(detail) => Check {
-                name,
-                ok: true,
-                detail,
-            },
-            Err(detail) => Check {
-                name,
-                ok: false,
-                detail,
-            },
-        }
-    }
 }
 
 /// A parsed serving certificate chain and CA bundle.

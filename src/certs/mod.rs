@@ -24,12 +24,13 @@ use std::{fmt, net::IpAddr, path::PathBuf};
 
 use zeroize::Zeroizing;
 
-pub use check::{CertInfo, Check, Inspection, LoadedCert, rfc3339};
+pub use crate::readiness::Check;
+pub use check::{CertInfo, Inspection, LoadedCert, rfc3339};
 pub use dir::{Ensured, ensure_self_managed, read_bundle, write_bundle};
 pub use generate::{CA_VALIDITY, CertificateAuthority, renewal_due, renewal_time};
 pub use resolver::{Refusal, ServingCert};
 pub use verify::TrustRoots;
-pub use watch::{reload_from_dir, spawn_dir_watcher};
+pub use watch::{POLL_WITH_EVENTS, reload_from_dir, spawn_dir_watcher};
 
 /// File names inside a cert directory, as in a `kubernetes.io/tls` Secret
 /// and an OpenShift serving-cert Secret.

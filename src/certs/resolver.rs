@@ -8,6 +8,7 @@ use rustls::{server::ClientHello, server::ResolvesServerCert, sign::CertifiedKey
 
 use super::{Check, Error, LoadedCert, PemBundle, ServiceIdentity};
 use crate::metrics::{CertKind, CertMetrics, ReloadResult};
+use crate::readiness::ReadinessCheck;
 
 /// Why a candidate certificate was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,7 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct ServingCert {
     current: ArcSwapOption<LoadedCert>,
+    source: ArcSwapOption<Check>,
     identity: ServiceIdentity,
     metrics: CertMetrics,
 }
@@ -33,6 +35,7 @@ impl ServingCert {
     pub fn new(identity: ServiceIdentity, metrics: CertMetrics) -> Self {
         Self {
             current: ArcSwapOption::empty(),
+            source: ArcSwapOption::empty(),
             identity,
             metrics,
         }
@@ -72,7 +75,7 @@ impl ServingCert {
                 Ok(true)
             }
             Err(refusal) => {
-                self.metrics.record_reload(ReloadResult::Refused);
+                self.record_refused();
                 Err(refusal)
             }
         }
@@ -94,24 +97,38 @@ impl ServingCert {
         }
     }
 
-    /// The readiness checks of the served certificate at `now`.
-    pub fn checks(&self, now: i64) -> Vec<Check> {
-        match self.current() {
+    /// Counts a candidate refused before it could be offered, e.g. an
+    /// unreadable cert directory.
+    pub fn record_refused(&self) {
+        self.metrics.record_reload(ReloadResult::Refused);
+    }
+
+    /// Reports the state of where certificates are read from (e.g. the
+    /// cert directory); shown beside the certificate's own checks.
+    pub fn report_source(&self, check: Check) {
+        self.source.store(Some(Arc::new(check)));
+    }
+}
+
+impl ReadinessCheck for ServingCert {
+    /// The checks of the served certificate at `now`, and of its source.
+    fn checks(&self, now: i64) -> Vec<Check> {
+        let mut checks = match self.current() {
             Some(cert) => {
-                let mut checks = vec![Check {
-                    name: "serving_cert_loaded",
-                    ok: true,
-                    detail: format!("serving `{}`", cert.inspection.leaf.subject),
-                }];
+                let mut checks = vec![Check::passed(
+                    "serving_cert_loaded",
+                    format!("serving `{}`", cert.inspection.leaf.subject),
+                )];
                 checks.extend(cert.inspection.checks(&self.identity, now));
                 checks
             }
-            None => vec![Check {
-                name: "serving_cert_loaded",
-                ok: false,
-                detail: "no usable serving certificate has been loaded".into(),
-            }],
-        }
+            None => vec![Check::failed(
+                "serving_cert_loaded",
+                "no usable serving certificate has been loaded",
+            )],
+        };
+        checks.extend(self.source.load().as_deref().cloned());
+        checks
     }
 }
 

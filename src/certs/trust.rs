@@ -8,7 +8,7 @@ use rustls_pki_types::UnixTime;
 use tokio::sync::watch;
 
 use super::{Check, LoadedCert, ServingCert, TrustRoots, inject::ManagedSnapshot};
-use crate::health::ReadinessCheck;
+use crate::readiness::ReadinessCheck;
 
 /// The name of the check in `/readyz`.
 pub const CHECK_NAME: &str = "cabundle_trusts_serving_cert";
@@ -82,18 +82,7 @@ impl InjectedTrust {
         } else {
             Err("no certificate is served".into())
         };
-        match result {
-            Ok(detail) => Check {
-                name: CHECK_NAME,
-                ok: true,
-                detail,
-            },
-            Err(detail) => Check {
-                name: CHECK_NAME,
-                ok: false,
-                detail,
-            },
-        }
+        Check::from_result(CHECK_NAME, result)
     }
 }
 

@@ -13,12 +13,17 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{PemBundle, Refusal, ServingCert, read_bundle};
+use crate::readiness::Check;
+
+/// The `/readyz` check of the cert directory: advisory, since the
+/// certificate loaded from it is served (and checked) on its own.
+const DIR_CHECK: &str = "cert_dir_readable";
 
 /// Files often change in bursts (four renames for one rotation): wait for the
 /// burst to end before reading.
 const SETTLE: Duration = Duration::from_millis(150);
 /// Poll interval while file events work: only a safety net.
-const POLL_WITH_EVENTS: Duration = Duration::from_secs(10);
+pub const POLL_WITH_EVENTS: Duration = Duration::from_secs(10);
 /// Poll interval without file events: keeps reloads within the 2 s promise.
 const POLL_WITHOUT_EVENTS: Duration = Duration::from_secs(1);
 
@@ -29,10 +34,12 @@ pub fn reload_from_dir(dir: &Path, serving: &ServingCert, now: i64) -> Result<bo
     serving.offer(bundle, now)
 }
 
-/// Watches `dir` until `shutdown` and installs every new, good bundle.
+/// Watches `dir` until `shutdown` and installs every new, good bundle;
+/// reads it every `poll_every` too, in case an event was missed.
 pub fn spawn_dir_watcher(
     dir: PathBuf,
     serving: Arc<ServingCert>,
+    poll_every: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
@@ -41,23 +48,16 @@ pub fn spawn_dir_watcher(
             // A full channel already holds a wake-up: dropping this one is fine.
             let _ = events_tx.try_send(());
         }
-    })
-    .and_then(|mut watcher| {
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map(|()| watcher)
     });
-    let poll_every = match &watcher {
-        Ok(_) => POLL_WITH_EVENTS,
+    let (mut armed, poll_every) = match watcher {
+        Ok(watcher) => (Some(DirWatch::new(watcher, &dir)), poll_every),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "no file events for the cert directory; polling every second");
-            POLL_WITHOUT_EVENTS
+            (None, POLL_WITHOUT_EVENTS)
         }
     };
 
     tokio::spawn(async move {
-        // Keep the watcher alive as long as the task.
-        let _watcher = watcher;
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_refused: Option<RefusedCandidate> = None;
@@ -67,9 +67,63 @@ pub fn spawn_dir_watcher(
                 Some(()) = events.recv() => tokio::time::sleep(SETTLE).await,
                 _ = poll.tick() => {}
             }
+            if let Some(watch) = &mut armed {
+                watch.rearm(&dir);
+            }
             reload_once(&dir, &serving, &mut last_refused);
         }
     })
+}
+
+/// File events for the cert directory that survive its deletion: the
+/// directory's parent is watched too, so that a directory created again
+/// (a volume remounted, a directory replaced by a tool) wakes the watcher,
+/// which then watches the new directory.
+struct DirWatch {
+    watcher: notify::RecommendedWatcher,
+    /// The inode of the directory being watched, if any.
+    watched: Option<u64>,
+}
+
+impl DirWatch {
+    fn new(mut watcher: notify::RecommendedWatcher, dir: &Path) -> Self {
+        let parent = match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+            tracing::debug!(dir = %parent.display(), error = %e, "cannot watch the cert directory's parent");
+        }
+        let mut watch = Self {
+            watcher,
+            watched: None,
+        };
+        watch.rearm(dir);
+        watch
+    }
+
+    /// Watches `dir` again when it is a different directory than the one
+    /// watched (created anew), or was not there before.
+    fn rearm(&mut self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let current = std::fs::metadata(dir).ok().map(|m| m.ino());
+        if current == self.watched {
+            return;
+        }
+        if self.watched.is_some() {
+            // The old directory is gone; its watch went with it.
+            let _ = self.watcher.unwatch(dir);
+        }
+        self.watched = None;
+        if current.is_some() {
+            match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => self.watched = current,
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot watch the cert directory");
+                }
+            }
+        }
+    }
 }
 
 /// A refused candidate is reported once, not on every poll.
@@ -81,11 +135,24 @@ enum RefusedCandidate {
 
 fn reload_once(dir: &Path, serving: &ServingCert, last_refused: &mut Option<RefusedCandidate>) {
     let bundle = match read_bundle(dir) {
-        Ok(bundle) => bundle,
+        Ok(bundle) => {
+            serving.report_source(
+                Check::passed(DIR_CHECK, format!("{} is readable", dir.display())).advisory(),
+            );
+            bundle
+        }
         Err(e) => {
             let candidate = RefusedCandidate::Unreadable(e.to_string());
             if last_refused.as_ref() != Some(&candidate) {
                 tracing::error!(error = %e, "cannot read the cert directory; still serving the previous certificate");
+                serving.record_refused();
+                serving.report_source(
+                    Check::failed(
+                        DIR_CHECK,
+                        format!("{e}; still serving the certificate loaded before"),
+                    )
+                    .advisory(),
+                );
                 *last_refused = Some(candidate);
             }
             return;

@@ -28,6 +28,8 @@ pub struct Metrics {
     registry: Registry,
     /// Webhook HTTP traffic.
     pub http: HttpMetrics,
+    /// Connections of both listeners and the request-memory budget.
+    pub server: ServerMetrics,
     /// TLS handshakes and certificates.
     pub certs: CertMetrics,
     /// Certificates in the cluster: leadership, rotations, caBundle writes.
@@ -50,6 +52,7 @@ impl Metrics {
         let providers = Arc::new(providers::ProviderMetrics::register(&mut registry));
         let prefixed = registry.sub_registry_with_prefix("keyhook");
         let http = HttpMetrics::register(prefixed);
+        let server = ServerMetrics::register(prefixed);
         let certs = CertMetrics::register(prefixed);
         let cluster = ClusterMetrics::register(prefixed);
         let injections = PodInjectionMetrics::register(prefixed);
@@ -59,6 +62,7 @@ impl Metrics {
         Self {
             registry,
             http,
+            server,
             certs,
             cluster,
             providers,
@@ -237,6 +241,11 @@ macro_rules! label_values {
         }
     };
 }
+
+// After the macro, which it uses.
+pub mod connections;
+
+pub use connections::{CloseReason, ConnectionMetrics, Listener, ServerMetrics};
 
 label_values!(CertKind { Serving => "serving", Ca => "ca" });
 label_values!(ReloadResult { Installed => "installed", Refused => "refused" });

@@ -22,11 +22,11 @@ use crate::{
     },
     clock::Clock,
     config::{CertMode, ServeArgs},
-    health::ReadinessCheck,
     injection::{ClusterSecrets, Injector as PodInjector, ManagedCaches, MeteredSecrets},
     leader::{self, LeaderElector, Leadership, LeaseSettings},
     metrics::Metrics,
     providers::{ClusterCatalog, ProviderSettings, Providers},
+    readiness::{Check, ReadinessCheck},
 };
 
 /// What the cluster-side tasks need to know, from the flags or a test.
@@ -224,16 +224,18 @@ pub fn start_injection(
 struct StoresSynced(Arc<AtomicBool>);
 
 impl ReadinessCheck for StoresSynced {
-    fn checks(&self, _now: i64) -> Vec<crate::certs::Check> {
-        let ok = self.0.load(Ordering::Relaxed);
-        vec![crate::certs::Check {
-            name: "stores-synced",
-            ok,
-            detail: if ok {
-                "SecretStores, ClusterSecretStores and Namespaces listed, and the credential Secrets they reference".into()
-            } else {
-                "waiting for the first list of SecretStores, ClusterSecretStores and Namespaces, and of the credential Secrets they reference".into()
-            },
+    fn checks(&self, _now: i64) -> Vec<Check> {
+        const NAME: &str = "stores-synced";
+        vec![if self.0.load(Ordering::Relaxed) {
+            Check::passed(
+                NAME,
+                "SecretStores, ClusterSecretStores and Namespaces listed, and the credential Secrets they reference",
+            )
+        } else {
+            Check::failed(
+                NAME,
+                "waiting for the first list of SecretStores, ClusterSecretStores and Namespaces, and of the credential Secrets they reference",
+            )
         }]
     }
 }

@@ -1,26 +1,31 @@
-//! The HTTPS listener: TLS 1.2/1.3 with ALPN `h2` and `http/1.1`, one task
-//! per connection, and a graceful drain on shutdown.
+//! The listeners' accept loop: a cap on open connections, TLS 1.2/1.3 with
+//! ALPN `h2` and `http/1.1` on the webhook port, one task per connection,
+//! and a graceful drain on shutdown.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
     service::TowerToHyperService,
 };
+use prometheus_client::metrics::counter::Counter;
 use rustls::{ServerConfig, crypto::ring::default_provider, server::ResolvesServerCert, version};
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::routes::WebhookService;
-use crate::metrics::CertMetrics;
-
-/// A client that connects and stalls is cut off after this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/1.1 request headers must arrive within this.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{
+    connection::{self, ConnectionContext, ConnectionTimeouts},
+    throttle::Throttle,
+};
+use crate::metrics::{CloseReason, ConnectionMetrics};
 /// Concurrent HTTP/2 streams per connection. The apiserver multiplexes every
 /// webhook call over few connections; past this, its calls queue on its side.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -69,89 +74,318 @@ fn tune_accepted(tcp: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// Accepts TLS connections on `listener` and serves `service` on them until
-/// `shutdown` is cancelled; then stops accepting and lets in-flight requests
-/// finish for up to `grace`. Returns whether every connection drained.
-pub async fn serve_tls(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-    service: WebhookService,
-    metrics: CertMetrics,
-    shutdown: CancellationToken,
-    grace: Duration,
-) -> bool {
-    let acceptor = TlsAcceptor::from(tls);
+/// Connections of the health listener: the kubelet's probes and
+/// Prometheus need a handful; this many leaves room for a burst.
+pub const HEALTH_MAX_CONNECTIONS: usize = 64;
+
+/// File descriptors kept back from the webhook listener's share of the
+/// open-file limit: the health listener's connections, the cluster and
+/// backend clients, watched and read files.
+const RESERVED_FDS: u64 = HEALTH_MAX_CONNECTIONS as u64 + 192;
+
+/// The most webhook connections keyhook holds by default, whatever the
+/// open-file limit: apiservers hold a handful each, and every idle TLS
+/// connection keeps its buffers.
+const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+
+/// The webhook listener's connection cap: `configured`, or derived from
+/// the open-file limit, whose soft value is first raised to the hard one.
+pub fn webhook_max_connections(configured: Option<u32>) -> usize {
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let available = nofile.saturating_sub(RESERVED_FDS);
+    let limit = match configured {
+        Some(n) => {
+            if u64::from(n) > available {
+                tracing::warn!(
+                    max_connections = n,
+                    open_file_limit = nofile,
+                    "--max-connections is above what the open-file limit leaves for connections; past it, accepts fail and back off"
+                );
+            }
+            u64::from(n)
+        }
+        None => available.clamp(16, DEFAULT_MAX_CONNECTIONS),
+    };
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// How one listener treats its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections open at once; past it, idle ones are closed to make room
+    /// and new ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// The timeouts of each connection's phases.
+    pub timeouts: ConnectionTimeouts,
+}
+
+/// What a listener serves, and how.
+pub struct Listener<S> {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// TLS for the webhook port; `None` serves plain HTTP (the health port).
+    pub tls: Option<Arc<ServerConfig>>,
+    /// The service every request goes to.
+    pub service: S,
+    /// Caps and timeouts.
+    pub limits: ListenerLimits,
+    /// Connection counts, by outcome.
+    pub metrics: ConnectionMetrics,
+    /// Counts failed TLS handshakes (the webhook port's alert watches it).
+    pub handshake_failures: Counter,
+}
+
+/// The HTTP/1.1 and HTTP/2 settings of every connection.
+fn http_builder(timeouts: ConnectionTimeouts) -> auto::Builder<TokioExecutor> {
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(timeouts.header_read);
     // No HTTP/2 keep-alive PINGs: hyper stamps every received frame for
-    // them under a lock the stream tasks share, 8% of the throughput at 64
-    // streams. The kernel's keep-alive (`tune_accepted`) notices a vanished
-    // peer at no cost per request, as Go's servers, the apiserver's own, do.
+    // them under a lock the stream tasks share. The kernel's keep-alive
+    // (`tune_accepted`) notices a vanished peer at no cost per request, as
+    // Go's servers, the apiserver's own, do.
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    let graceful = GracefulShutdown::new();
+    http
+}
 
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Per-connection errors (e.g. the peer reset before we
-                    // accepted, or EMFILE): back off briefly and go on.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+impl<S> Listener<S>
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// Accepts connections and serves them until `shutdown` is cancelled;
+    /// then stops accepting and lets in-flight requests finish for up to
+    /// `grace`. Returns whether every connection drained.
+    pub async fn serve(self, shutdown: CancellationToken, grace: Duration) -> bool {
+        let Listener {
+            tcp,
+            tls,
+            service,
+            limits,
+            metrics,
+            handshake_failures,
+        } = self;
+        let context = ConnectionContext {
+            http: http_builder(limits.timeouts),
+            timeouts: limits.timeouts,
+            shutdown: shutdown.clone(),
+            shed: Arc::new(Notify::new()),
+            metrics: metrics.clone(),
         };
-        if let Err(e) = tune_accepted(&tcp) {
-            tracing::debug!(%peer, error = %e, "could not set the connection's socket options");
-        }
-        let acceptor = acceptor.clone();
-        let http = http.clone();
-        let service = TowerToHyperService::new(service.clone());
-        let watcher = graceful.watcher();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    metrics.handshake_failures.inc();
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
+        let handshake = Handshake {
+            tls: tls.map(TlsAcceptor::from),
+            timeout: limits.timeouts.handshake,
+            failures: handshake_failures,
+            log: Throttle::default(),
+        };
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let connections = TaskTracker::new();
+        let mut accept_errors = AcceptErrors::default();
+        let at_limit_log = Throttle::default();
+
+        loop {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
                 Err(_) => {
-                    metrics.handshake_failures.inc();
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
+                    metrics.at_limit();
+                    if let Some(suppressed) = at_limit_log.admit() {
+                        tracing::warn!(
+                            max = limits.max_connections,
+                            suppressed,
+                            "at --max-connections: closing idle connections; new ones wait"
+                        );
+                    }
+                    context.shed.notify_waiters();
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        // The semaphore is never closed.
+                        Ok(slot) = slots.clone().acquire_owned() => slot,
+                    }
                 }
             };
-            let connection = http
-                .serve_connection(TokioIo::new(tls), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let (tcp_stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = tcp.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        metrics.accept_error();
+                        accept_errors.back_off(&e).await;
+                        continue;
+                    }
+                },
+            };
+            accept_errors.reset();
+            let accepted = Instant::now();
+            if let Err(e) = tune_accepted(&tcp_stream) {
+                tracing::debug!(%peer, error = %e, "could not set the connection's socket options");
             }
-        });
+            metrics.opened();
+            let (context, handshake) = (context.clone(), handshake.clone());
+            let service = TowerToHyperService::new(service.clone());
+            connections.spawn(async move {
+                serve_one(
+                    tcp_stream, peer, accepted, slot, handshake, service, context,
+                )
+                .await;
+            });
+        }
+
+        // Dropping the listener closes the socket: new connections are refused.
+        drop(tcp);
+        connections.close();
+        tracing::info!(
+            connections = connections.len(),
+            ?grace,
+            "draining in-flight requests"
+        );
+        tokio::select! {
+            () = connections.wait() => true,
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(?grace, "shutdown grace period over; abandoning the remaining requests");
+                false
+            }
+        }
+    }
+}
+
+/// One connection: its handshake, then HTTP until it closes. Holds its
+/// `slot` of the connection cap throughout.
+async fn serve_one<S>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    slot: OwnedSemaphorePermit,
+    handshake: Handshake,
+    service: S,
+    context: ConnectionContext,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _slot = slot;
+    let Some(tls) = &handshake.tls else {
+        connection::serve(tcp, service, accepted, &context).await;
+        return;
+    };
+    match handshake.run(tls, tcp, peer).await {
+        Ok(stream) => connection::serve(stream, service, accepted, &context).await,
+        Err(reason) => context.metrics.closed(reason),
+    }
+}
+
+/// The TLS handshake of the webhook port.
+#[derive(Clone)]
+struct Handshake {
+    tls: Option<TlsAcceptor>,
+    timeout: Duration,
+    failures: Counter,
+    log: Throttle,
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a client that speaks plain HTTP to the HTTPS port is told, as Go's
+/// servers tell it.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server: keyhook's webhook port speaks HTTPS only.\n";
+
+impl Handshake {
+    async fn run(
+        &self,
+        tls: &TlsAcceptor,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, CloseReason> {
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let mut first = [0u8; 1];
+            match tcp.peek(&mut first).await {
+                Ok(0) => return Err(CloseReason::Client),
+                Ok(_) if first[0] != TLS_HANDSHAKE_RECORD && first[0].is_ascii_alphabetic() => {
+                    return Err(self.refuse_plain_http(tcp, peer).await);
+                }
+                Ok(_) => {}
+                Err(_) => return Err(CloseReason::Error),
+            }
+            tls.accept(tcp).await.map_err(|e| {
+                self.failed(peer, &e.to_string());
+                CloseReason::Handshake
+            })
+        })
+        .await;
+        outcome.unwrap_or_else(|_| {
+            self.failed(peer, "it did not finish within --tls-handshake-timeout");
+            Err(CloseReason::Handshake)
+        })
     }
 
-    // Dropping the listener closes the socket: new connections are refused.
-    drop(listener);
-    tracing::info!(
-        connections = graceful.count(),
-        ?grace,
-        "draining in-flight webhook requests"
-    );
-    tokio::select! {
-        () = graceful.shutdown() => true,
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "shutdown grace period over; abandoning the remaining requests");
-            false
+    fn failed(&self, peer: SocketAddr, reason: &str) {
+        self.failures.inc();
+        if let Some(suppressed) = self.log.admit() {
+            tracing::info!(%peer, suppressed, "TLS handshake refused: {reason}");
         }
+    }
+
+    async fn refuse_plain_http(&self, mut tcp: TcpStream, peer: SocketAddr) -> CloseReason {
+        if let Some(suppressed) = self.log.admit() {
+            tracing::info!(
+                %peer,
+                suppressed,
+                "plain HTTP on the HTTPS webhook port: answered 400; clients must use https://"
+            );
+        }
+        // Best effort: the client may already be gone.
+        let _ = tcp.write_all(PLAIN_HTTP_ANSWER).await;
+        let _ = tcp.shutdown().await;
+        CloseReason::PlainHttp
+    }
+}
+
+/// Backs off after failed accepts (out of file descriptors, say) instead of
+/// spinning, and logs them once per interval with a count.
+#[derive(Default)]
+struct AcceptErrors {
+    consecutive: u32,
+    log: Throttle,
+}
+
+/// The first and the longest wait after a failed accept.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+impl AcceptErrors {
+    async fn back_off(&mut self, error: &io::Error) {
+        let (first, longest) = ACCEPT_BACKOFF;
+        let wait = first
+            .saturating_mul(1 << self.consecutive.min(10))
+            .min(longest);
+        self.consecutive = self.consecutive.saturating_add(1);
+        if let Some(suppressed) = self.log.admit() {
+            tracing::warn!(%error, suppressed, ?wait, "accepting a connection failed; backing off");
+        }
+        tokio::time::sleep(wait).await;
+    }
+
+    fn reset(&mut self) {
+        self.consecutive = 0;
     }
 }
 

@@ -1,10 +1,14 @@
 //! The server: certificates prepared, listeners bound, webhooks and admin
 //! endpoints served until shutdown, then drained.
 
+pub mod budget;
 pub mod cluster;
+pub mod connection;
 pub mod listener;
+pub mod offload;
 pub mod record;
 pub mod routes;
+pub mod throttle;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -12,11 +16,13 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use self::listener::{HEALTH_MAX_CONNECTIONS, ListenerLimits};
+use crate::readiness::{Readiness, ReadinessCheck};
 use crate::{
     certs::{self, Ensured, ServingCert, SubjectAltName},
     clock::SystemClock,
-    config::{CertMode, ServeArgs},
-    health::{self, Readiness},
+    config::{CertMode, ConnectionTimeouts, ServeArgs},
+    health,
     injection::{self, FileSecrets, Injector, MeteredSecrets},
     leader::{self, Leadership},
     metrics::Metrics,
@@ -48,9 +54,6 @@ pub enum Error {
     /// The TLS configuration was refused.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
-    /// The admin listener failed.
-    #[error("health listener: {0}")]
-    Health(#[source] std::io::Error),
     /// No Kubernetes client could be built from the kubeconfig or the pod's
     /// service account.
     #[error("connecting to the cluster: {0}")]
@@ -94,7 +97,7 @@ pub struct Server {
     serving: Arc<ServingCert>,
     client: Option<kube::Client>,
     injector: Injector,
-    stores_synced: Option<Arc<dyn health::ReadinessCheck>>,
+    stores_synced: Option<Arc<dyn ReadinessCheck>>,
     webhook: TcpListener,
     health: TcpListener,
 }
@@ -167,6 +170,8 @@ impl Server {
     /// for up to `--shutdown-grace`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let (webhook_addr, health_addr) = (self.webhook_addr(), self.health_addr());
+        let max_connections =
+            listener::webhook_max_connections(self.args.connections.max_connections);
         let Server {
             args,
             mode,
@@ -200,6 +205,7 @@ impl Server {
                 certs::spawn_dir_watcher(
                     args.certs.cert_dir.clone(),
                     serving.clone(),
+                    certs::POLL_WITH_EVENTS,
                     background.clone(),
                 )
             });
@@ -210,33 +216,38 @@ impl Server {
         let renewal = (mode == Mode::Standalone)
             .then(|| tokio::spawn(renew_standalone(args.clone(), background.clone())));
 
-        let mut readiness = Readiness::new(serving.clone(), shutdown.clone());
+        let mut readiness = Readiness::new(shutdown.clone()).with_check(serving.clone());
         if let Some(cluster) = &cluster {
             readiness = readiness.with_check(cluster.readiness.clone());
         }
         if let Some(stores_synced) = stores_synced {
             readiness = readiness.with_check(stores_synced);
         }
-        let admin = health::router(readiness, metrics.clone());
-        let admin_stop = background.clone();
-        let admin = tokio::spawn(async move {
-            axum::serve(health, admin)
-                .with_graceful_shutdown(admin_stop.cancelled_owned())
-                .await
-        });
+        let admin = listener::Listener {
+            tcp: health,
+            tls: None,
+            service: health::router(readiness, metrics.clone()),
+            limits: ListenerLimits {
+                max_connections: HEALTH_MAX_CONNECTIONS,
+                timeouts: ConnectionTimeouts::default(),
+            },
+            metrics: metrics.server.health.clone(),
+            handshake_failures: metrics.certs.handshake_failures.clone(),
+        };
+        let admin = tokio::spawn(admin.serve(background.clone(), Duration::from_secs(1)));
 
-        let service =
-            routes::webhook_service(args.webhook_settings(), &metrics.http, Some(injector));
-        let tls = listener::tls_config(serving)?;
-        let drained = listener::serve_tls(
-            webhook,
-            tls,
-            service,
-            metrics.certs.clone(),
-            shutdown,
-            args.shutdown_grace,
-        )
-        .await;
+        let webhooks = listener::Listener {
+            tcp: webhook,
+            tls: Some(listener::tls_config(serving)?),
+            service: routes::webhook_service(args.webhook_settings(), &metrics, Some(injector)),
+            limits: ListenerLimits {
+                max_connections,
+                timeouts: args.connections.timeouts(),
+            },
+            metrics: metrics.server.webhook.clone(),
+            handshake_failures: metrics.certs.handshake_failures.clone(),
+        };
+        let drained = webhooks.serve(shutdown, args.shutdown_grace).await;
 
         background.cancel();
         if let Some(watcher) = watcher {
@@ -251,10 +262,8 @@ impl Server {
         for task in secret_loops {
             let _ = task.await;
         }
-        match admin.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Health(e)),
-            Err(e) => tracing::error!(error = %e, "health listener task failed"),
+        if let Err(e) = admin.await {
+            tracing::error!(error = %e, "health listener task failed");
         }
         tracing::info!(drained, "keyhook stopped");
         Ok(())
@@ -270,7 +279,7 @@ fn build_injector(
     args: &ServeArgs,
     client: Option<&kube::Client>,
     metrics: &Metrics,
-) -> Result<(Injector, Option<Arc<dyn health::ReadinessCheck>>), Error> {
+) -> Result<(Injector, Option<Arc<dyn ReadinessCheck>>), Error> {
     let settings = args.providers.settings();
     if let Some(client) = client {
         let cluster =

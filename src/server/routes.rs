@@ -1,7 +1,7 @@
 //! The webhook router: review bodies in, review responses out, with the
 //! HTTP limits and the one mapping from [`ReviewError`] to a status.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -11,20 +11,26 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 
 use kube::core::{
-    DynamicObject, Status,
+    DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse},
-    conversion::{ConversionResponse, ConversionReview},
+    conversion::ConversionReview,
 };
 
-use super::record::RecordRequests;
+use super::{
+    budget::{MemoryBudget, OverBudget, Reservation},
+    offload::{CpuPool, OFFLOAD_FROM_BYTES, Overrun},
+    record::RecordRequests,
+};
+pub use crate::config::WebhookSettings;
 use crate::{
     admission::{self, Deadline, ReviewError},
     apis::{self, validate},
     injection::Injector,
-    metrics::HttpMetrics,
+    metrics::Metrics,
 };
 
 /// The pod mutating webhook.
@@ -46,31 +52,14 @@ pub const ROUTES: &[&str] = &[
     VALIDATE_CLUSTER_SECRET_STORE,
 ];
 
-/// Limits shared by every webhook route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookSettings {
-    /// Largest accepted body, bytes.
-    pub max_body: usize,
-    /// Deadline for one review, from the moment its request arrives.
-    pub request_timeout: Duration,
-}
-
-impl Default for WebhookSettings {
-    /// The defaults of `--max-body` (8 MiB) and `--request-timeout` (8 s).
-    fn default() -> Self {
-        Self {
-            max_body: 8 << 20,
-            request_timeout: Duration::from_secs(8),
-        }
-    }
-}
-
 /// What every webhook handler shares.
 #[derive(Clone)]
 struct WebhookState(Arc<SharedState>);
 
 struct SharedState {
     settings: WebhookSettings,
+    budget: MemoryBudget,
+    cpu: CpuPool,
     injector: Option<Injector>,
 }
 
@@ -82,28 +71,41 @@ pub type WebhookService = RecordRequests<Router>;
 /// pass through unchanged).
 pub fn webhook_service(
     settings: WebhookSettings,
-    metrics: &HttpMetrics,
+    metrics: &Metrics,
     injector: Option<Injector>,
 ) -> WebhookService {
+    let budget = MemoryBudget::new(
+        settings.max_inflight_bytes,
+        metrics.server.body_bytes.clone(),
+        metrics.server.body_refusals.clone(),
+    );
+    let state = SharedState {
+        settings,
+        budget,
+        cpu: CpuPool::for_this_machine(),
+        injector,
+    };
     let router = Router::new()
         .route(MUTATE_POD, post(mutate_pod))
         .route(CONVERT, post(convert))
         .route(
             VALIDATE_EXTERNAL_SECRET,
-            post(|body| validate_resource(body, validate::validate_external_secret)),
+            post(|state, body| validate_resource(state, body, validate::validate_external_secret)),
         )
         .route(
             VALIDATE_SECRET_STORE,
-            post(|body| validate_resource(body, validate::validate_secret_store)),
+            post(|state, body| validate_resource(state, body, validate::validate_secret_store)),
         )
         .route(
             VALIDATE_CLUSTER_SECRET_STORE,
-            post(|body| validate_resource(body, validate::validate_cluster_secret_store)),
+            post(|state, body| {
+                validate_resource(state, body, validate::validate_cluster_secret_store)
+            }),
         )
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(WebhookState(Arc::new(SharedState { settings, injector })));
-    RecordRequests::new(router, metrics, ROUTES)
+        .with_state(WebhookState(Arc::new(state)));
+    RecordRequests::new(router, &metrics.http, ROUTES)
 }
 
 /// `/mutate-pod`: the injector decides; without one, pods pass through
@@ -112,46 +114,100 @@ async fn mutate_pod(
     State(state): State<WebhookState>,
     body: ReviewBody,
 ) -> Result<Response, ReviewError> {
-    let request = admission::decode_admission(&body.bytes)?;
-    let response = admission::admit_within(body.deadline, &request, async {
+    let deadline = body.deadline;
+    let decoded = decide_off_the_workers(&state, body, OFFLOAD_FROM_BYTES, |bytes| {
+        admission::decode_admission(bytes)
+    })
+    .await;
+    let request = match decoded {
+        Decided::Ready(request) => request?,
+        Decided::Overran(uid) => {
+            return Ok(admission_answer(admission::timeout_denial(uid, deadline)));
+        }
+    };
+    let response = admission::admit_within(deadline, &request, async {
         match &state.0.injector {
-            Some(injector) => injector.admit(&request, body.deadline.at).await,
+            Some(injector) => injector.admit(&request, deadline.at).await,
             None => admission::pod::mutate(&request),
         }
     })
     .await;
-    Ok(Json(admission::AdmissionAnswer::from(response)).into_response())
+    Ok(admission_answer(response))
 }
 
 /// Validates a custom resource with a pure `decide` function.
 async fn validate_resource(
+    State(state): State<WebhookState>,
     body: ReviewBody,
     decide: fn(&AdmissionRequest<DynamicObject>) -> AdmissionResponse,
 ) -> Result<Response, ReviewError> {
-    let request = admission::decode_admission(&body.bytes)?;
-    let response = decide(&request);
-    tracing::debug!(uid = %request.uid, kind = %request.kind.kind, allowed = response.allowed, "validated");
-    Ok(Json(admission::AdmissionAnswer::from(response)).into_response())
-}
-
-async fn convert(body: ReviewBody) -> Result<Response, ReviewError> {
-    let request = admission::decode_conversion(&body.bytes)?;
     let deadline = body.deadline;
-    let uid = request.uid.clone();
-    // Conversion is CPU work proportional to the body (up to --max-body):
-    // it runs off the async workers so it never stalls other requests.
-    let work = tokio::task::spawn_blocking(move || apis::convert_review(request));
-    let response = admission::convert_within(deadline, &uid, async {
-        work.await.unwrap_or_else(|e| {
-            tracing::error!(%uid, error = %e, "conversion task failed");
-            ConversionResponse::invalid(Status::failure(
-                "keyhook failed while converting; see its log",
-                "InternalError",
-            ))
-        })
+    let decided = decide_off_the_workers(&state, body, OFFLOAD_FROM_BYTES, move |bytes| {
+        let request = admission::decode_admission::<DynamicObject>(bytes)?;
+        let response = decide(&request);
+        tracing::debug!(uid = %request.uid, kind = %request.kind.kind, allowed = response.allowed, "validated");
+        Ok(response)
     })
     .await;
+    let response = match decided {
+        Decided::Ready(response) => response?,
+        Decided::Overran(uid) => admission::timeout_denial(uid, deadline),
+    };
+    Ok(admission_answer(response))
+}
+
+async fn convert(
+    State(state): State<WebhookState>,
+    body: ReviewBody,
+) -> Result<Response, ReviewError> {
+    let deadline = body.deadline;
+    // Conversion is CPU work proportional to the body (up to --max-body):
+    // it always runs off the async workers.
+    let converted = decide_off_the_workers(&state, body, 0, |bytes| {
+        let request = admission::decode_conversion(bytes)?;
+        Ok(apis::convert_review(request))
+    })
+    .await;
+    let response = match converted {
+        Decided::Ready(response) => response?,
+        Decided::Overran(uid) => admission::conversion_timeout(uid, deadline),
+    };
     Ok(Json(ConversionReview::from(response)).into_response())
+}
+
+fn admission_answer(response: AdmissionResponse) -> Response {
+    Json(admission::AdmissionAnswer::from(response)).into_response()
+}
+
+/// What a review's CPU work came to, or, when the deadline passed first,
+/// the review's uid for the answer that says so.
+enum Decided<T> {
+    Ready(T),
+    Overran(String),
+}
+
+/// Runs `work` on the review's bytes: inline when the body is smaller than
+/// `offload_from`, else on the CPU pool. The body (and its share of the
+/// memory budget) is held until `work` returns, also past an overrun.
+async fn decide_off_the_workers<T, F>(
+    state: &WebhookState,
+    body: ReviewBody,
+    offload_from: usize,
+    work: F,
+) -> Decided<T>
+where
+    F: FnOnce(&[u8]) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if body.bytes.len() < offload_from {
+        return Decided::Ready(work(&body.bytes));
+    }
+    let bytes = body.bytes.clone();
+    let deadline = body.deadline.at;
+    match state.0.cpu.run(deadline, move || work(&body.bytes)).await {
+        Ok(value) => Decided::Ready(value),
+        Err(Overrun) => Decided::Overran(admission::review_uid(&bytes)),
+    }
 }
 
 async fn unknown_path(request: Request) -> Response {
@@ -180,57 +236,135 @@ async fn method_not_allowed(request: Request) -> Response {
 impl IntoResponse for ReviewError {
     fn into_response(self) -> Response {
         tracing::debug!(error = %self, "rejected a webhook request");
-        (self.status(), format!("{self}\n")).into_response()
+        let status = self.status();
+        let mut response = (status, format!("{self}\n")).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
-/// A review body: JSON, within `--max-body`, fully read before the deadline.
+/// A review body: JSON, within `--max-body`, fully read before the
+/// deadline, and holding its share of `--max-inflight-bytes` until dropped.
 struct ReviewBody {
     bytes: Bytes,
     /// `--request-timeout` after the request arrived: the review must be
     /// answered by then.
     deadline: Deadline,
+    _reservation: Reservation,
 }
+
+/// A refused body is read and dropped up to this many times `--max-body`
+/// before the answer is sent anyway.
+const DISCARD_FACTOR: usize = 4;
+
+/// A body without a `Content-Length` reserves budget in steps of at least
+/// this, rather than once per frame.
+const RESERVE_STEP: usize = 64 * 1024;
 
 impl FromRequest<WebhookState> for ReviewBody {
     type Rejection = ReviewError;
 
     async fn from_request(request: Request, state: &WebhookState) -> Result<Self, Self::Rejection> {
-        let settings = &state.0.settings;
+        let shared = &state.0;
+        let settings = &shared.settings;
         let deadline = Deadline::after(settings.request_timeout);
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("<not text>"));
-        if !content_type.is_some_and(is_json) {
-            return Err(ReviewError::UnsupportedMediaType(
-                content_type.unwrap_or("<none>").to_string(),
-            ));
-        }
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > settings.max_body) {
-            return Err(ReviewError::TooLarge {
-                limit: settings.max_body,
-            });
+        let too_large = || ReviewError::TooLarge {
+            limit: settings.max_body,
+        };
+        let refusal = if !content_type.is_some_and(is_json) {
+            Some(ReviewError::UnsupportedMediaType(
+                content_type.unwrap_or("<none>").to_string(),
+            ))
+        } else if declared.is_some_and(|len| len > settings.max_body) {
+            Some(too_large())
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            discard_body(
+                request.into_body(),
+                DISCARD_FACTOR * settings.max_body,
+                deadline,
+            )
+            .await;
+            return Err(refusal);
         }
-        let body = Limited::new(request.into_body(), settings.max_body);
-        let collected = tokio::time::timeout_at(deadline.at, body.collect())
+        let over_budget = |e: OverBudget| ReviewError::OverBudget { limit: e.limit };
+        let mut reservation = shared
+            .budget
+            .reserve(declared.unwrap_or(0), deadline.at)
+            .await
+            .map_err(over_budget)?;
+        let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0));
+        let mut body = request.into_body();
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ReviewError::BodyRead(e.to_string()))?;
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers carry nothing a review needs
+                };
+                let total = buffer.len() + data.len();
+                if total > settings.max_body {
+                    return Err(too_large());
+                }
+                if total > reservation.bytes() {
+                    let want = total
+                        .max(buffer.len() + RESERVE_STEP)
+                        .min(settings.max_body);
+                    reservation
+                        .grow_to(&shared.budget, want, deadline.at)
+                        .await
+                        .map_err(over_budget)?;
+                }
+                buffer.extend_from_slice(&data);
+            }
+            Ok(())
+        };
+        let outcome = tokio::time::timeout_at(deadline.at, read)
             .await
             .map_err(|_| ReviewError::BodyTimeout(settings.request_timeout))?;
-        match collected {
-            Ok(body) => Ok(ReviewBody {
-                bytes: body.to_bytes(),
-                deadline,
-            }),
-            Err(e) if e.is::<LengthLimitError>() => Err(ReviewError::TooLarge {
-                limit: settings.max_body,
-            }),
-            Err(e) => Err(ReviewError::BodyRead(e.to_string())),
+        if let Err(refusal) = outcome {
+            if matches!(refusal, ReviewError::TooLarge { .. }) {
+                discard_body(body, DISCARD_FACTOR * settings.max_body, deadline).await;
+            }
+            return Err(refusal);
         }
+        Ok(ReviewBody {
+            bytes: buffer.freeze(),
+            deadline,
+            _reservation: reservation,
+        })
     }
+}
+
+/// Reads and drops what is left of a refused request's body, up to
+/// `limit` more bytes and until the deadline, so that the client reads the
+/// answer rather than a reset stream: over HTTP/2, an answer sent before the
+/// body ends is followed by RST_STREAM, which curl reports instead of the
+/// answer.
+async fn discard_body(mut body: axum::body::Body, limit: usize, deadline: Deadline) {
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline.at, drain).await;
 }
 
 fn is_json(content_type: &str) -> bool {

@@ -49,19 +49,26 @@ async fn start(dir: &std::path::Path) -> Stack {
     )
     .expect("first cert");
     let stop = CancellationToken::new();
-    certs::spawn_dir_watcher(dir.to_path_buf(), serving.clone(), stop.clone());
+    certs::spawn_dir_watcher(
+        dir.to_path_buf(),
+        serving.clone(),
+        certs::POLL_WITH_EVENTS,
+        stop.clone(),
+    );
     let listener_socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener_socket.local_addr().unwrap();
-    let service = routes::webhook_service(routes::WebhookSettings::default(), &metrics.http, None);
-    let tls = listener::tls_config(serving).unwrap();
-    tokio::spawn(listener::serve_tls(
-        listener_socket,
-        tls,
-        service,
-        metrics.certs.clone(),
-        stop.clone(),
-        Duration::from_secs(5),
-    ));
+    let listener = listener::Listener {
+        tcp: listener_socket,
+        tls: Some(listener::tls_config(serving).unwrap()),
+        service: routes::webhook_service(routes::WebhookSettings::default(), &metrics, None),
+        limits: listener::ListenerLimits {
+            max_connections: 64,
+            timeouts: Default::default(),
+        },
+        metrics: metrics.server.webhook.clone(),
+        handshake_failures: metrics.certs.handshake_failures.clone(),
+    };
+    tokio::spawn(listener.serve(stop.clone(), Duration::from_secs(5)));
     Stack {
         addr,
         metrics,

@@ -17,6 +17,7 @@ mod cluster_scale;
 mod cluster_scenarios;
 mod doctor;
 mod e2e;
+mod hostile;
 mod injection_cluster;
 mod injection_patch;
 mod injection_prop;

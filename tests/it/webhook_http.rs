@@ -36,7 +36,7 @@ fn router_with_max_body(max_body: usize) -> WebhookService {
         max_body,
         ..WebhookSettings::default()
     };
-    webhook_service(settings, &Metrics::new().http, None)
+    webhook_service(settings, &Metrics::new(), None)
 }
 
 async fn call(router: WebhookService, request: Request<Body>) -> (StatusCode, String) {
@@ -413,7 +413,7 @@ proptest! {
 #[tokio::test]
 async fn requests_are_counted_by_route_and_status() {
     let metrics = Metrics::new();
-    let service = webhook_service(WebhookSettings::default(), &metrics.http, None);
+    let service = webhook_service(WebhookSettings::default(), &metrics, None);
     let requests = [
         post("/mutate-pod", Some("application/json"), POD_REVIEW),
         post("/mutate-pod", Some("application/json"), POD_REVIEW),

@@ -27,11 +27,11 @@ use keyhook::{
     },
     clock::{Clock, SystemClock, TokioClock},
     config::CertMode,
-    health::Readiness,
     injection::{self, RefreshSettings},
     leader::{self, LeaseSettings},
     metrics::Metrics,
     providers::ProviderSettings,
+    readiness::Readiness,
     server::cluster::{ClusterSettings, ClusterTasks},
 };
 use kube::{
@@ -275,8 +275,9 @@ impl Harness {
             shutdown.clone(),
             background.clone(),
         );
-        let readiness =
-            Readiness::new(serving.clone(), shutdown.clone()).with_check(tasks.readiness.clone());
+        let readiness = Readiness::new(shutdown.clone())
+            .with_check(serving.clone())
+            .with_check(tasks.readiness.clone());
         Replica {
             name: name.into(),
             serving,
@@ -366,7 +367,7 @@ impl Harness {
         &self,
         replica: &Replica,
         ready: bool,
-    ) -> keyhook::health::ReadinessReport {
+    ) -> keyhook::readiness::ReadinessReport {
         let start = self.timing.clock.now();
         loop {
             let report = replica.readiness.report(self.timing.clock.unix_now());

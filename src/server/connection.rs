@@ -1,0 +1,245 @@
+//! One accepted connection, from its handshake to its close.
+//!
+//! Every phase of a connection is bounded, so that no client can hold a
+//! connection (a file descriptor, buffers, a task) without using it:
+//!
+//! - the TLS handshake must finish within `--tls-handshake-timeout`;
+//! - the first request must arrive within `--first-request-timeout` of the
+//!   connection being accepted;
+//! - a connection with no request in flight is closed after
+//!   `--idle-timeout`;
+//! - HTTP/1.1 request headers must arrive within `--header-read-timeout`.
+//!
+//! A connection is closed gracefully: HTTP/2 gets a GOAWAY, announced first
+//! with the largest stream id and confirmed after a PING round trip, so a
+//! request the client sent meanwhile is either served or known unprocessed
+//! and retried; HTTP/1.1 closes after the response in progress. A
+//! connection that has not closed [`CLOSE_GRACE`] later is dropped.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper::{body::Incoming, service::Service};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::Notify,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::ConnectionTimeouts;
+use crate::metrics::{CloseReason, ConnectionMetrics};
+
+/// How long a connection closed for idleness may take to finish what it
+/// has in flight (a request that crossed the GOAWAY) before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// What a connection's requests tell its watchdog. Updated twice per
+/// request, by the connection's own tasks only: no other connection
+/// touches these cache lines.
+#[derive(Debug)]
+struct Activity {
+    /// When the connection was accepted; times below count from it.
+    accepted: Instant,
+    /// Requests being answered now.
+    in_flight: AtomicUsize,
+    /// Requests received so far.
+    received: AtomicU64,
+    /// When the last request in flight finished, in milliseconds since
+    /// `accepted`.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new(accepted: Instant) -> Self {
+        Self {
+            accepted,
+            in_flight: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn started(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn finished(&self) {
+        // Stamp before the count drops, so a watchdog that sees the
+        // connection idle also sees since when.
+        let elapsed = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(elapsed, Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Resolves when the connection should be closed for want of use.
+    async fn unused(&self, timeouts: ConnectionTimeouts) -> CloseReason {
+        tokio::time::sleep_until(self.accepted + timeouts.first_request).await;
+        if self.received.load(Ordering::Relaxed) == 0 {
+            return CloseReason::NoRequest;
+        }
+        loop {
+            let due = if self.is_idle() {
+                let since = self.idle_since_ms.load(Ordering::Acquire);
+                self.accepted + Duration::from_millis(since) + timeouts.idle
+            } else {
+                // A request in flight ends within the request deadline,
+                // well before this.
+                Instant::now() + timeouts.idle
+            };
+            if due <= Instant::now() {
+                return CloseReason::Idle;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// Counts a request in and out of [`Activity`], also when its future is
+/// dropped unfinished.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.started();
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
+/// A service whose requests are counted in the connection's [`Activity`].
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Service<http::Request<Incoming>> for Tracked<S>
+where
+    S: Service<http::Request<Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        TrackedFuture {
+            in_flight: InFlight::start(&self.activity),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response on its way; the request counts as in flight until it is
+    /// ready or dropped.
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: InFlight,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+/// What every connection of a listener shares.
+#[derive(Clone)]
+pub struct ConnectionContext {
+    /// HTTP/1.1 and HTTP/2 settings.
+    pub http: auto::Builder<TokioExecutor>,
+    /// The phases' timeouts.
+    pub timeouts: ConnectionTimeouts,
+    /// Cancelled when the server drains: every connection closes gracefully.
+    pub shutdown: CancellationToken,
+    /// Notified when the listener is at its connection cap and a new
+    /// connection waits: idle connections close to make room.
+    pub shed: Arc<Notify>,
+    /// Counts of connections closed, by reason.
+    pub metrics: ConnectionMetrics,
+}
+
+/// Serves HTTP on `io` until the client closes it or it is closed for one
+/// of the reasons above. `accepted` is when the TCP connection was accepted.
+pub async fn serve<I, S, B>(io: I, service: S, accepted: Instant, context: &ConnectionContext)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Arc::new(Activity::new(accepted));
+    let tracked = Tracked {
+        inner: service,
+        activity: activity.clone(),
+    };
+    let connection = context.http.serve_connection(TokioIo::new(io), tracked);
+    tokio::pin!(connection);
+    let reason = tokio::select! {
+        result = connection.as_mut() => {
+            let reason = match result {
+                Ok(()) => CloseReason::Client,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                    CloseReason::Error
+                }
+            };
+            context.metrics.closed(reason);
+            return;
+        }
+        reason = activity.unused(context.timeouts) => reason,
+        reason = shed_when_idle(&context.shed, &activity) => reason,
+        () = context.shutdown.cancelled() => CloseReason::Shutdown,
+    };
+    context.metrics.closed(reason);
+    connection.as_mut().graceful_shutdown();
+    if reason == CloseReason::Shutdown {
+        // The server's drain bounds this wait.
+        let _ = connection.await;
+    } else if tokio::time::timeout(CLOSE_GRACE, connection).await.is_err() {
+        tracing::debug!(
+            ?reason,
+            "a closing connection did not finish in time; dropped"
+        );
+    }
+}
+
+/// Resolves when the listener asks for room while this connection has
+/// nothing in flight.
+async fn shed_when_idle(shed: &Notify, activity: &Activity) -> CloseReason {
+    loop {
+        shed.notified().await;
+        if activity.is_idle() {
+            return CloseReason::Shed;
+        }
+    }
+}
