@@ -120,6 +120,9 @@ impl ApiRequest {
         if self.metadata_only {
             shape.push_str(" [metadata]");
         }
+        if self.continued {
+            shape.push_str(" (next page)");
+        }
         shape
     }
 }
