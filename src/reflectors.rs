@@ -33,7 +33,7 @@ pub fn strip<K: Resource>(object: &mut K) {
 }
 
 /// Runs a reflector into `writer` until the returned handle is dropped:
-/// `events` (a [`watcher`] stream) with kube's default backoff, each object
+/// `events` (a [`watcher()`] stream) with kube's default backoff, each object
 /// passed through `modify` before it is stored. `on_event` sees every event
 /// after the store applied it. Watch errors are logged as `what`; the
 /// watcher recovers from each.

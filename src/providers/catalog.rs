@@ -399,10 +399,10 @@ impl StoreCatalog for FileCatalog {
 /// every SecretStore and ClusterSecretStore (keyhook's own resources) and
 /// every Namespace, as metadata with its labels. Credential Secrets are not
 /// cached wholesale: each Secret a store references is watched on its own
-/// ([`credentials`]), for its resourceVersion, and its data is read with a
-/// GET only when a client is built. The watches follow the stores. No
-/// request ever issues a GET for a store or a namespace; the tasks stop when
-/// the catalog is dropped.
+/// (by a `metadata.name` field selector), for its resourceVersion, and its
+/// data is read with a GET only when a client is built. The watches follow
+/// the stores. No request ever issues a GET for a store or a namespace; the
+/// tasks stop when the catalog is dropped.
 pub struct ClusterCatalog {
     client: Client,
     stores: StoreCaches,
