@@ -17,4 +17,5 @@ pub mod leader;
 pub mod metrics;
 pub mod providers;
 pub mod readiness;
+pub mod reflectors;
 pub mod server;

@@ -111,9 +111,12 @@ impl CertController {
     /// One round: read the Secret, inject its bundle where missing, then
     /// write the next step if one is due.
     pub async fn round(&mut self) -> Result<Round, RoundError> {
-        let read = self.store.read().await?;
-        let snapshot = self.managed.borrow_and_update().clone();
+        // Mark the changes seen so far before reading: one that lands while
+        // the Secret is read then wakes the next wait, rather than being
+        // marked seen and acted on with the data read before it.
         self.secret_changes.borrow_and_update();
+        let snapshot = self.managed.borrow_and_update().clone();
+        let read = self.store.read().await?;
         let mut injection_failed = None;
         if let Some(Ok(stored)) = read.as_ref().map(|r| r.certs.as_ref())
             && snapshot.is_synced()

@@ -8,9 +8,10 @@
 //!                  ├─ ValueSource (provider layer)        resolve store, fetch
 //!                  ├─ SecretBackend (cluster | files)     materialize keyhook-<hash>, single-flight
 //!                  └─ patch::build                        JSON patch (pure)
-//! leader only:    refresh::run_refresh · refresh::run_gc
+//! leader only:    refresh::run_refresh · refresh::run_gc   (read caches::ManagedCaches)
 //! ```
 
+pub mod caches;
 mod injector;
 pub mod patch;
 pub mod pod;
@@ -19,6 +20,7 @@ pub mod refresh;
 pub mod secret;
 pub mod source;
 
+pub use caches::ManagedCaches;
 pub use injector::Injector;
 pub use pod::AdmittedPod;
 pub use reference::{PodRequest, Reference, ReferenceError, SecretSpec};

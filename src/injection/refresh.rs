@@ -41,9 +41,11 @@ pub struct RefreshSettings {
     pub catchup: Duration,
     /// How long an unreferenced Secret is kept (`--gc-grace`, 15m).
     pub gc_grace: Duration,
-    /// How often the Secrets are listed again, to pick up new ones (1m).
+    /// How often the managed Secrets are looked at again, to pick up new
+    /// ones (1m); in a cluster from the cache, with no request.
     pub rescan: Duration,
-    /// How often GC looks for unreferenced Secrets (1m).
+    /// How often GC looks for unreferenced Secrets (1m); in a cluster in the
+    /// caches, with no request.
     pub gc_period: Duration,
     /// Refreshes in flight at once (64).
     pub concurrency: usize,
@@ -116,7 +118,13 @@ pub async fn run_refresh(
 
     loop {
         if Instant::now() >= next_scan {
-            match injector.secrets().list().await {
+            // In a cluster the listing waits for the first sync of the
+            // caches; leadership may end meanwhile.
+            let listed = tokio::select! {
+                () = term.cancelled() => break,
+                listed = injector.secrets().list() => listed,
+            };
+            match listed {
                 Ok(listed) => {
                     let added = merge(&injector, &settings, &mut schedule, listed, first_scan);
                     for (id, due) in added {
@@ -129,7 +137,7 @@ pub async fn run_refresh(
                     next_scan = Instant::now() + settings.rescan;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "listing managed Secrets failed; retrying");
+                    tracing::warn!(error = %e, "reading the managed Secrets failed; retrying");
                     next_scan = Instant::now() + settings.rescan.min(Duration::from_secs(10));
                 }
             }
@@ -330,7 +338,10 @@ fn store_id(secret: &ManagedSecret) -> StoreId {
 pub async fn run_gc(injector: Injector, settings: RefreshSettings, term: CancellationToken) {
     let mut unreferenced_since: HashMap<SecretId, Instant> = HashMap::new();
     loop {
-        gc_pass(&injector, &settings, &mut unreferenced_since).await;
+        tokio::select! {
+            () = term.cancelled() => return,
+            () = gc_pass(&injector, &settings, &mut unreferenced_since) => {}
+        }
         tokio::select! {
             () = term.cancelled() => return,
             () = tokio::time::sleep(settings.gc_period) => {}
@@ -347,7 +358,7 @@ async fn gc_pass(
     let (managed, in_use) = match futures::try_join!(secrets.list(), secrets.in_use()) {
         Ok(found) => found,
         Err(e) => {
-            tracing::warn!(error = %e, "GC could not list Secrets or pods; retrying next pass");
+            tracing::warn!(error = %e, "GC could not read the managed Secrets or pods; retrying next pass");
             return;
         }
     };

@@ -2,25 +2,28 @@
 //!
 //! [`SecretBackend`] is the narrow interface the injector and the leader
 //! loops use. [`ClusterSecrets`] writes Kubernetes Secrets with server-side
-//! apply and lists pods for GC; [`FileSecrets`] writes the same Secret as a
-//! manifest under `--secrets-dir` for standalone runs.
+//! apply and answers the loops from the watched [`ManagedCaches`];
+//! [`FileSecrets`] writes the same Secret as a manifest under
+//! `--secrets-dir` for standalone runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::reference::{INJECT_LABEL, INJECTED_ANNOTATION, SecretSpec};
+use super::caches::ManagedCaches;
+use super::reference::SecretSpec;
 use crate::metrics::{SecretWrite, SecretWriteMetrics};
 use crate::providers::SecretValue;
 
@@ -181,7 +184,7 @@ pub fn record(secret: &Secret) -> Option<ManagedSecret> {
 }
 
 /// The record of a managed Secret from its metadata alone (`keys` empty).
-fn record_from_meta(meta: &ObjectMeta) -> Option<ManagedSecret> {
+pub(super) fn record_from_meta(meta: &ObjectMeta) -> Option<ManagedSecret> {
     let managed = meta
         .labels
         .as_ref()
@@ -203,16 +206,34 @@ fn record_from_meta(meta: &ObjectMeta) -> Option<ManagedSecret> {
     })
 }
 
-/// Managed Secrets in the cluster, written with server-side apply.
+/// Managed Secrets in the cluster: written with server-side apply, read by
+/// name; the loops' listings come from [`ManagedCaches`], never from a LIST.
 #[derive(Clone)]
 pub struct ClusterSecrets {
     client: Client,
+    caches: Option<Arc<ManagedCaches>>,
 }
 
 impl ClusterSecrets {
-    /// Writes through `client`.
+    /// Writes and reads through `client`. Without [`Self::with_caches`],
+    /// [`SecretBackend::list`] and [`SecretBackend::in_use`] fail.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            caches: None,
+        }
+    }
+
+    /// Answers the refresh and GC loops from `caches`.
+    pub fn with_caches(mut self, caches: Arc<ManagedCaches>) -> Self {
+        self.caches = Some(caches);
+        self
+    }
+
+    fn caches(&self) -> Result<&ManagedCaches, String> {
+        self.caches
+            .as_deref()
+            .ok_or_else(|| "no caches of managed Secrets and injected pods were started".into())
     }
 }
 
@@ -267,22 +288,7 @@ impl SecretBackend for ClusterSecrets {
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
-        async move {
-            // Metadata only: refresh and GC never need the values.
-            let api: Api<Secret> = Api::all(self.client.clone());
-            let params =
-                ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
-            let list = api
-                .list_metadata(&params)
-                .await
-                .map_err(|e| format!("listing managed Secrets: {e}"))?;
-            Ok(list
-                .items
-                .iter()
-                .filter_map(|s| record_from_meta(&s.metadata))
-                .collect())
-        }
-        .boxed()
+        async move { Ok(self.caches()?.managed().await) }.boxed()
     }
 
     fn delete<'a>(
@@ -302,27 +308,7 @@ impl SecretBackend for ClusterSecrets {
     }
 
     fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
-        async move {
-            let api: Api<Pod> = Api::all(self.client.clone());
-            let params = ListParams::default().labels(&format!("{INJECT_LABEL}=true"));
-            let pods = api
-                .list_metadata(&params)
-                .await
-                .map_err(|e| format!("listing injected pods: {e}"))?;
-            Ok(pods
-                .items
-                .iter()
-                .filter_map(|pod| {
-                    let hash = pod
-                        .metadata
-                        .annotations
-                        .as_ref()?
-                        .get(INJECTED_ANNOTATION)?;
-                    Some((pod.metadata.namespace.clone()?, format!("keyhook-{hash}")))
-                })
-                .collect())
-        }
-        .boxed()
+        async move { Ok(self.caches()?.in_use().await) }.boxed()
     }
 }
 

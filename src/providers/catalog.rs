@@ -1,29 +1,37 @@
 //! Where stores, namespace labels and credential Secrets come from.
 //!
 //! [`StoreCatalog`] is the narrow interface the layer reads through. In a
-//! cluster, [`ClusterCatalog`] answers from kube reflectors (no request ever
-//! issues a GET for a store or a namespace); standalone, [`FileCatalog`]
-//! answers from the `--stores` manifest, reloaded when it changes.
+//! cluster, [`ClusterCatalog`] answers from kube reflectors and watches
+//! scoped to the Secrets stores reference (no request ever issues a GET for
+//! a store or a namespace); standalone, [`FileCatalog`] answers from the
+//! `--stores` manifest, reloaded when it changes.
 
-use std::collections::{BTreeMap, HashMap};
+mod credentials;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta, PostParams};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::Value;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
+
+use self::credentials::{CredentialWatches, SecretId};
 
 use super::spec::{GROUP, Store, StoreKind, VERSION};
 use super::{ProviderError, SecretValue};
+use crate::reflectors;
 
 /// The label every namespace carries with its own name.
 const NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -387,23 +395,88 @@ impl StoreCatalog for FileCatalog {
     }
 }
 
-/// In-cluster catalog: reflectors over SecretStores, ClusterSecretStores,
-/// Namespaces (metadata only) and Secrets (metadata only, for their
-/// resourceVersions). Secret data is read with a GET only when a client is
-/// built. The reflector tasks stop when the catalog is dropped.
+/// In-cluster catalog. Stores and namespace labels come from reflectors:
+/// every SecretStore and ClusterSecretStore (keyhook's own resources) and
+/// every Namespace, as metadata with its labels. Credential Secrets are not
+/// cached wholesale: each Secret a store references is watched on its own
+/// (by a `metadata.name` field selector), for its resourceVersion, and its
+/// data is read with a GET only when a client is built. The watches follow
+/// the stores. No request ever issues a GET for a store or a namespace; the
+/// tasks stop when the catalog is dropped.
 pub struct ClusterCatalog {
     client: Client,
+    stores: StoreCaches,
+    namespaces: reflector::Store<PartialObjectMeta<Namespace>>,
+    credentials: Arc<CredentialWatches>,
+    _tasks: Vec<AbortOnDropHandle<()>>,
+}
+
+/// The caches of both store kinds.
+#[derive(Clone)]
+struct StoreCaches {
     secret_stores: reflector::Store<DynamicObject>,
     cluster_stores: reflector::Store<DynamicObject>,
-    store_resources: (ApiResource, ApiResource),
-    namespaces: reflector::Store<PartialObjectMeta<Namespace>>,
-    secrets: reflector::Store<PartialObjectMeta<Secret>>,
-    tasks: Vec<JoinHandle<()>>,
+    resources: (ApiResource, ApiResource),
+}
+
+impl StoreCaches {
+    fn get(
+        &self,
+        kind: StoreKind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Store>, ProviderError> {
+        let object = match kind {
+            StoreKind::SecretStore => self
+                .secret_stores
+                .get(&ObjectRef::new_with(name, self.resources.0.clone()).within(namespace)),
+            StoreKind::ClusterSecretStore => self
+                .cluster_stores
+                .get(&ObjectRef::new_with(name, self.resources.1.clone())),
+        };
+        object.map(|o| parse_store(kind, &o)).transpose()
+    }
+
+    /// Every Secret a valid store names as a credential.
+    fn referenced_credentials(&self) -> BTreeSet<SecretId> {
+        let secret_stores = self.secret_stores.state().into_iter();
+        let cluster_stores = self.cluster_stores.state().into_iter();
+        secret_stores
+            .map(|o| (StoreKind::SecretStore, o))
+            .chain(cluster_stores.map(|o| (StoreKind::ClusterSecretStore, o)))
+            .filter_map(|(kind, object)| parse_store(kind, &object).ok())
+            .flat_map(|store| super::backends::credential_secrets(&store))
+            .collect()
+    }
+}
+
+fn parse_store(kind: StoreKind, object: &DynamicObject) -> Result<Store, ProviderError> {
+    let mut value = serde_json::to_value(object).map_err(|e| ProviderError::InvalidStore {
+        field: "(object)".into(),
+        reason: e.to_string(),
+    })?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("kind".into(), Value::String(kind.as_str().into()));
+        map.insert(
+            "apiVersion".into(),
+            Value::String(format!("{GROUP}/{VERSION}")),
+        );
+    }
+    Store::from_value(&value)
+}
+
+/// A Namespace's cache needs its name and labels.
+fn keep_labels_only(namespace: &mut PartialObjectMeta<Namespace>) {
+    let meta = &mut namespace.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
 }
 
 impl ClusterCatalog {
-    /// Starts the reflectors (needs a Tokio runtime). Use [`Self::ready`]
-    /// before serving.
+    /// Starts the reflectors and the credential watches (needs a Tokio
+    /// runtime). Use [`Self::ready`] before serving.
     pub fn start(client: Client) -> Self {
         let resource = |kind: &str| {
             ApiResource::from_gvk_with_plural(
@@ -411,80 +484,79 @@ impl ClusterCatalog {
                 &format!("{}s", kind.to_lowercase()),
             )
         };
-        let secret_store = resource("SecretStore");
-        let cluster_store = resource("ClusterSecretStore");
+        let credentials = Arc::new(CredentialWatches::new(client.clone()));
+        // Wakes the task that follows the stores' credentials; a permit is
+        // kept while it is busy, so no change of a store is missed.
+        let stores_changed = Arc::new(Notify::new());
         let mut tasks = Vec::new();
 
-        let mut dynamic = |ar: &ApiResource| {
+        let mut store_cache = |ar: ApiResource| {
             let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-            let reader = writer.as_reader();
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
-            let stream = reflector::reflector(
+            let cache = writer.as_reader();
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let changed = Arc::clone(&stores_changed);
+            tasks.push(reflectors::spawn(
+                "stores",
+                watcher(api, watcher::Config::default()),
                 writer,
-                watcher(api, watcher::Config::default()).default_backoff(),
-            );
-            tasks.push(tokio::spawn(
-                stream.for_each(|_| futures::future::ready(())),
+                reflectors::strip,
+                move |event| {
+                    if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                        changed.notify_one();
+                    }
+                },
             ));
-            reader
+            cache
         };
-        let secret_stores = dynamic(&secret_store);
-        let cluster_stores = dynamic(&cluster_store);
+        let stores = StoreCaches {
+            secret_stores: store_cache(resource("SecretStore")),
+            cluster_stores: store_cache(resource("ClusterSecretStore")),
+            resources: (resource("SecretStore"), resource("ClusterSecretStore")),
+        };
 
-        let (namespaces, writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-        let stream = reflector::reflector(
-            writer,
+        let (namespaces, writer) = reflector::store();
+        tasks.push(reflectors::spawn(
+            "namespaces",
             watcher(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher::Config::default(),
-            )
-            .default_backoff(),
-        );
-        tasks.push(tokio::spawn(
-            stream.for_each(|_| futures::future::ready(())),
+            ),
+            writer,
+            keep_labels_only,
+            |_| {},
         ));
 
-        let (secrets, writer) = reflector::store::<PartialObjectMeta<Secret>>();
-        let stream = reflector::reflector(
-            writer,
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        );
-        tasks.push(tokio::spawn(
-            stream.for_each(|_| futures::future::ready(())),
-        ));
+        tasks.push(AbortOnDropHandle::new(tokio::spawn({
+            let (stores, credentials) = (stores.clone(), Arc::clone(&credentials));
+            async move {
+                loop {
+                    stores_changed.notified().await;
+                    credentials.follow(&stores.referenced_credentials());
+                }
+            }
+        })));
 
         Self {
             client,
-            secret_stores,
-            cluster_stores,
-            store_resources: (secret_store, cluster_store),
+            stores,
             namespaces,
-            secrets,
-            tasks,
+            credentials,
+            _tasks: tasks,
         }
     }
 
-    /// Resolves once every reflector has listed its objects.
+    /// Resolves once the stores and namespaces are listed and every
+    /// credential Secret they reference has been looked at.
     pub async fn ready(&self) {
         // An error means the writer is gone (catalog shutting down); nothing to wait for.
         let _ = futures::join!(
-            self.secret_stores.wait_until_ready(),
-            self.cluster_stores.wait_until_ready(),
+            self.stores.secret_stores.wait_until_ready(),
+            self.stores.cluster_stores.wait_until_ready(),
             self.namespaces.wait_until_ready(),
-            self.secrets.wait_until_ready()
         );
-    }
-}
-
-impl Drop for ClusterCatalog {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.credentials
+            .follow(&self.stores.referenced_credentials());
+        self.credentials.ready().await;
     }
 }
 
@@ -495,30 +567,7 @@ impl StoreCatalog for ClusterCatalog {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Arc<Store>>, ProviderError> {
-        let object = match kind {
-            StoreKind::SecretStore => self
-                .secret_stores
-                .get(&ObjectRef::new_with(name, self.store_resources.0.clone()).within(namespace)),
-            StoreKind::ClusterSecretStore => self
-                .cluster_stores
-                .get(&ObjectRef::new_with(name, self.store_resources.1.clone())),
-        };
-        let Some(object) = object else {
-            return Ok(None);
-        };
-        let mut value =
-            serde_json::to_value(&*object).map_err(|e| ProviderError::InvalidStore {
-                field: "(object)".into(),
-                reason: e.to_string(),
-            })?;
-        if let Some(map) = value.as_object_mut() {
-            map.insert("kind".into(), Value::String(kind.as_str().into()));
-            map.insert(
-                "apiVersion".into(),
-                Value::String(format!("{GROUP}/{VERSION}")),
-            );
-        }
-        Store::from_value(&value).map(|s| Some(Arc::new(s)))
+        Ok(self.stores.get(kind, namespace, name)?.map(Arc::new))
     }
 
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
@@ -531,11 +580,7 @@ impl StoreCatalog for ClusterCatalog {
     }
 
     fn secret_version(&self, namespace: &str, name: &str) -> Option<String> {
-        self.secrets
-            .get(&ObjectRef::new(name).within(namespace))?
-            .metadata
-            .resource_version
-            .clone()
+        self.credentials.version(namespace, name)
     }
 
     fn read_secret<'a>(

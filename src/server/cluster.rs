@@ -1,8 +1,10 @@
 //! What a replica runs in a cluster besides the webhooks: the leader
 //! election, the watches every replica needs to serve and to judge its
-//! readiness, and (on the leader) the certificate controller.
+//! readiness, (on the leader) the certificate controller, and the caches
+//! pod injection reads ([`start_injection`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::Client;
 use tokio::task::JoinHandle;
@@ -20,9 +22,11 @@ use crate::{
     },
     clock::Clock,
     config::{CertMode, ServeArgs},
+    injection::{ClusterSecrets, Injector as PodInjector, ManagedCaches, MeteredSecrets},
     leader::{self, LeaderElector, Leadership, LeaseSettings},
     metrics::Metrics,
-    readiness::ReadinessCheck,
+    providers::{ClusterCatalog, ProviderSettings, Providers},
+    readiness::{Check, ReadinessCheck},
 };
 
 /// What the cluster-side tasks need to know, from the flags or a test.
@@ -170,5 +174,68 @@ impl ClusterTasks {
                 tracing::error!(error = %e, "a cluster task failed");
             }
         }
+    }
+}
+
+/// Pod injection in a cluster, and the readiness check it needs.
+pub struct ClusterInjection {
+    /// The injector behind `/mutate-pod`, writing Secrets to the cluster;
+    /// the leader's refresh and GC loops read its caches.
+    pub injector: PodInjector,
+    /// `/readyz`: passes once the stores have been listed (before that,
+    /// every store would look absent and every injecting pod be denied).
+    pub readiness: Arc<dyn ReadinessCheck>,
+}
+
+/// Starts the caches pod injection reads in a cluster: the store catalog
+/// (stores, namespace labels, a watch per credential Secret) and the caches
+/// of managed Secrets and injected pods. Every replica runs them, so a new
+/// leader lists nothing. They stop when the injector is dropped.
+pub fn start_injection(
+    client: Client,
+    settings: ProviderSettings,
+    clock: Arc<dyn Clock>,
+    metrics: &Metrics,
+) -> ClusterInjection {
+    let catalog = Arc::new(ClusterCatalog::start(client.clone()));
+    let check = StoresSynced::default();
+    let synced = Arc::clone(&check.0);
+    let watched = Arc::clone(&catalog);
+    tokio::spawn(async move {
+        watched.ready().await;
+        synced.store(true, Ordering::Relaxed);
+    });
+    let secrets =
+        ClusterSecrets::new(client.clone()).with_caches(Arc::new(ManagedCaches::start(client)));
+    let providers = Providers::new(settings, catalog, metrics.providers.clone());
+    ClusterInjection {
+        injector: PodInjector::new(
+            Arc::new(providers),
+            Arc::new(MeteredSecrets::new(secrets, metrics.secret_writes.clone())),
+            clock,
+            metrics.injections.clone(),
+        ),
+        readiness: Arc::new(check),
+    }
+}
+
+/// `/readyz` check: the cluster's stores have been listed.
+#[derive(Debug, Default)]
+struct StoresSynced(Arc<AtomicBool>);
+
+impl ReadinessCheck for StoresSynced {
+    fn checks(&self, _now: i64) -> Vec<Check> {
+        const NAME: &str = "stores-synced";
+        vec![if self.0.load(Ordering::Relaxed) {
+            Check::passed(
+                NAME,
+                "SecretStores, ClusterSecretStores and Namespaces listed, and the credential Secrets they reference",
+            )
+        } else {
+            Check::failed(
+                NAME,
+                "waiting for the first list of SecretStores, ClusterSecretStores and Namespaces, and of the credential Secrets they reference",
+            )
+        }]
     }
 }

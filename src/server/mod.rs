@@ -17,16 +17,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::listener::{HEALTH_MAX_CONNECTIONS, ListenerLimits};
-use crate::readiness::{Check, Readiness, ReadinessCheck};
+use crate::readiness::{Readiness, ReadinessCheck};
 use crate::{
     certs::{self, Ensured, ServingCert, SubjectAltName},
     clock::SystemClock,
     config::{CertMode, ConnectionTimeouts, ServeArgs},
     health,
-    injection::{self, ClusterSecrets, FileSecrets, Injector, MeteredSecrets, SecretBackend},
+    injection::{self, FileSecrets, Injector, MeteredSecrets},
     leader::{self, Leadership},
     metrics::Metrics,
-    providers::{ClusterCatalog, FileCatalog, Providers, StoreCatalog},
+    providers::{FileCatalog, Providers},
 };
 
 /// Longest single sleep of the renewal loop, so a wall-clock jump (a
@@ -274,84 +274,41 @@ impl Server {
 /// (standalone) or the cluster's stores, writing Secrets to `--secrets-dir`
 /// or to the cluster.
 /// In a cluster, also a readiness check that passes once the store
-/// reflectors have listed everything (before that, every store would look
-/// absent and every injecting pod would be denied).
+/// reflectors have listed everything (see [`cluster::start_injection`]).
 fn build_injector(
     args: &ServeArgs,
     client: Option<&kube::Client>,
     metrics: &Metrics,
 ) -> Result<(Injector, Option<Arc<dyn ReadinessCheck>>), Error> {
     let settings = args.providers.settings();
-    let mut synced = None;
-    let (catalog, secrets): (Arc<dyn StoreCatalog>, Arc<dyn SecretBackend>) = match client {
-        Some(client) => {
-            let catalog = Arc::new(ClusterCatalog::start(client.clone()));
-            let check = StoresSynced::default();
-            let flag = check.0.clone();
-            let watched = Arc::clone(&catalog);
-            tokio::spawn(async move {
-                watched.ready().await;
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-            });
-            synced = Some(Arc::new(check) as Arc<dyn ReadinessCheck>);
-            (
-                catalog as Arc<dyn StoreCatalog>,
-                Arc::new(MeteredSecrets::new(
-                    ClusterSecrets::new(client.clone()),
-                    metrics.secret_writes.clone(),
-                )) as Arc<dyn SecretBackend>,
-            )
+    if let Some(client) = client {
+        let cluster =
+            cluster::start_injection(client.clone(), settings, Arc::new(SystemClock), metrics);
+        return Ok((cluster.injector, Some(cluster.readiness)));
+    }
+    let catalog = match &settings.stores_file {
+        Some(path) => {
+            let catalog = Arc::new(FileCatalog::from_file(path).map_err(stores_error)?);
+            // The watch task lives as long as the process.
+            let _watch = catalog
+                .watch(path.clone())
+                .map_err(|e| Error::Stores(e.to_string()))?;
+            catalog
         }
-        None => {
-            let catalog = match &settings.stores_file {
-                Some(path) => {
-                    let catalog = Arc::new(FileCatalog::from_file(path).map_err(stores_error)?);
-                    // The watch task lives as long as the process.
-                    let _watch = catalog
-                        .watch(path.clone())
-                        .map_err(|e| Error::Stores(e.to_string()))?;
-                    catalog
-                }
-                None => Arc::new(FileCatalog::from_yaml("").map_err(stores_error)?),
-            };
-            let secrets = MeteredSecrets::new(
-                FileSecrets::new(args.injection.secrets_dir.clone()),
-                metrics.secret_writes.clone(),
-            );
-            (
-                catalog as Arc<dyn StoreCatalog>,
-                Arc::new(secrets) as Arc<dyn SecretBackend>,
-            )
-        }
+        None => Arc::new(FileCatalog::from_yaml("").map_err(stores_error)?),
     };
+    let secrets = MeteredSecrets::new(
+        FileSecrets::new(args.injection.secrets_dir.clone()),
+        metrics.secret_writes.clone(),
+    );
     let providers = Providers::new(settings, catalog, metrics.providers.clone());
     let injector = Injector::new(
         Arc::new(providers),
-        secrets,
+        Arc::new(secrets),
         Arc::new(SystemClock),
         metrics.injections.clone(),
     );
-    Ok((injector, synced))
-}
-
-/// `/readyz` check: the cluster's stores have been listed.
-#[derive(Debug, Default)]
-struct StoresSynced(Arc<std::sync::atomic::AtomicBool>);
-
-impl ReadinessCheck for StoresSynced {
-    fn checks(&self, _now: i64) -> Vec<Check> {
-        vec![if self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            Check::passed(
-                "stores-synced",
-                "SecretStores, ClusterSecretStores, Namespaces and Secrets listed",
-            )
-        } else {
-            Check::failed(
-                "stores-synced",
-                "waiting for the first list of SecretStores, ClusterSecretStores, Namespaces and Secrets",
-            )
-        }]
-    }
+    Ok((injector, None))
 }
 
 fn stores_error(errors: Vec<crate::providers::ProviderError>) -> Error {

@@ -58,3 +58,9 @@ async fn an_overwritten_bundle_is_re_injected_within_seconds() {
 async fn openshift_mode_only_reads_reloads_and_reports() {
     within_a_day(scenarios::openshift_mode_only_reads(&Harness::fake())).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_secret_broken_during_the_leaders_read_is_repaired_at_once() {
+    within_a_day(scenarios::a_secret_broken_during_the_leaders_read_is_repaired(&Harness::fake()))
+        .await;
+}

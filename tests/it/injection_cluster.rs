@@ -1,6 +1,7 @@
 //! Cluster writes of the injector against kube's `tower-test` mock: each
 //! request is asserted exactly (method, path and query, content type, body)
-//! and answered with recorded apiserver JSON.
+//! and answered with recorded apiserver JSON. What the leader's loops read
+//! comes from watches, tested against the in-memory apiserver.
 
 use crate::support;
 
@@ -9,10 +10,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use keyhook::admission::decode_admission;
 use keyhook::clock::{Clock, TokioClock};
 use keyhook::injection::{
-    ClusterSecrets, Injector, ManagedSecret, MeteredSecrets, Reference, SecretBackend, SecretSpec,
+    ClusterSecrets, Injector, ManagedCaches, ManagedSecret, MeteredSecrets, Reference,
+    SecretBackend, SecretSpec,
 };
 use keyhook::metrics::providers::ProviderMetrics;
 use keyhook::metrics::{
@@ -20,6 +23,8 @@ use keyhook::metrics::{
 };
 use keyhook::providers::{FileCatalog, ProviderSettings, Providers, SecretValue, StoreKind};
 use serde_json::json;
+use support::cluster_objects;
+use support::fake_apiserver::{ApiRequest, FakeApiServer, Verb};
 use support::{ApiServerVerifier, fixture, not_found};
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -253,58 +258,116 @@ async fn a_write_failing_for_good_denies_the_pod() {
     .await;
 }
 
+/// The recorded items of a `PartialObjectMetadataList` fixture as the full
+/// objects the apiserver holds (`body` supplies what metadata lacks).
+fn objects_of(list: &str, body: serde_json::Value) -> Vec<serde_json::Value> {
+    fixture(list)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            let mut object = body.clone();
+            object["metadata"] = item["metadata"].clone();
+            object
+        })
+        .collect()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
-async fn listing_managed_secrets_and_injected_pods_for_gc() {
+async fn refresh_and_gc_read_managed_secrets_and_injected_pods_from_watches() {
     scenario(async {
-        let (client, mut api) = ApiServerVerifier::new();
-        let secrets = Arc::new(ClusterSecrets::new(client));
-        let listing = {
-            let secrets = secrets.clone();
-            tokio::spawn(async move { secrets.list().await })
-        };
-        api.expect(
-            "GET",
-            "/api/v1/secrets?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkeyhook",
-        )
-        .await
-        .respond(200, &fixture("secret-metadata-list-keyhook-managed.json"));
-        let listed = listing.await.unwrap().unwrap();
+        let api = FakeApiServer::new();
+        // Secrets and pods keyhook has no business with, in the same namespace.
+        api.seed_many((0..300).map(|i| cluster_objects::unrelated_secret("shop", i)));
+        api.seed_many((0..300).map(|i| cluster_objects::pod("shop", &format!("web-{i}"), i, None)));
+        for secret in objects_of(
+            "secret-metadata-list-keyhook-managed.json",
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {}}),
+        ) {
+            api.seed(secret);
+        }
+        for pod in objects_of("pod-metadata-list-injected.json", fixture("pod-injected.json")) {
+            api.seed(pod);
+        }
+        let client = api.client("keyhook");
+        let secrets = ClusterSecrets::new(client.clone())
+            .with_caches(Arc::new(ManagedCaches::start(client)));
+
+        let listed = secrets.list().await.unwrap();
         // The Secret with unreadable annotations is not taken as keyhook's.
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name, NAME);
         assert_eq!(listed[0].spec, demo_spec());
         assert_eq!(listed[0].fetched_at, FETCHED_AT);
         assert!(listed[0].keys.is_empty(), "listed from metadata only");
-
-        let in_use = {
-            let secrets = secrets.clone();
-            tokio::spawn(async move { secrets.in_use().await })
-        };
-        let pods = api
-            .expect(
-                "GET",
-                "/api/v1/pods?&labelSelector=keyhook.io%2Finject%3Dtrue",
-            )
-            .await;
-        pods.respond(200, &fixture("pod-metadata-list-injected.json"));
-        let in_use = in_use.await.unwrap().unwrap();
         assert_eq!(
-            in_use,
+            secrets.in_use().await.unwrap(),
             BTreeSet::from([("shop".to_string(), NAME.to_string())])
         );
 
-        let delete = {
-            let secrets = secrets.clone();
-            tokio::spawn(async move { secrets.delete("shop", "keyhook-0000000000000000").await })
+        // Changes arrive through the watches: the workload's pods go, a
+        // new managed Secret is written, GC deletes the broken one.
+        let pods: kube::Api<Pod> = kube::Api::namespaced(api.client("kubelet"), "shop");
+        for pod in ["checkout-7b9c4d8f6d-x2k9q", "checkout-7b9c4d8f6d-m4n7p"] {
+            pods.delete(pod, &Default::default()).await.unwrap();
+        }
+        eventually("the pods' deletion", || async {
+            secrets.in_use().await.unwrap().is_empty()
+        })
+        .await;
+        let written = ManagedSecret {
+            namespace: "billing".into(),
+            name: "keyhook-1111111111111111".into(),
+            spec: demo_spec(),
+            fetched_at: FETCHED_AT,
+            keys: BTreeSet::new(),
         };
-        let seen = api
-            .expect(
-                "DELETE",
-                "/api/v1/namespaces/shop/secrets/keyhook-0000000000000000?",
-            )
-            .await;
-        seen.respond(404, &not_found("secrets", "keyhook-0000000000000000"));
-        delete.await.unwrap().unwrap();
+        secrets.apply(&written, &BTreeMap::new()).await.unwrap();
+        eventually("the new Secret", || async {
+            secrets.list().await.unwrap().iter().any(|s| s.namespace == "billing")
+        })
+        .await;
+        for _ in 0..2 {
+            secrets.delete("shop", "keyhook-0000000000000000").await.unwrap();
+        }
+        assert!(api.object("secrets", "shop", "keyhook-0000000000000000").is_none());
+
+        // However often the loops look, the apiserver saw one LIST and one
+        // WATCH per cache, selected by label, for metadata only.
+        for _ in 0..100 {
+            secrets.list().await.unwrap();
+            secrets.in_use().await.unwrap();
+        }
+        let reads: Vec<ApiRequest> = api
+            .api_requests()
+            .into_iter()
+            .filter(|r| r.replica == "keyhook" && matches!(r.verb, Verb::List | Verb::Watch))
+            .collect();
+        let shapes: BTreeSet<String> = reads.iter().map(ApiRequest::shape).collect();
+        assert_eq!(
+            shapes,
+            BTreeSet::from([
+                "LIST PODS (all namespaces) labels keyhook.io/inject=true [metadata]".to_string(),
+                "WATCH PODS (all namespaces) labels keyhook.io/inject=true [metadata]".to_string(),
+                "LIST SECRETS (all namespaces) labels app.kubernetes.io/managed-by=keyhook [metadata]".to_string(),
+                "WATCH SECRETS (all namespaces) labels app.kubernetes.io/managed-by=keyhook [metadata]".to_string(),
+            ])
+        );
+        assert_eq!(reads.iter().filter(|r| r.starts_list()).count(), 2, "{reads:#?}");
     })
     .await;
 }

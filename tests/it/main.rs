@@ -13,6 +13,7 @@ mod chart;
 mod cli;
 mod cluster_api;
 mod cluster_flags;
+mod cluster_scale;
 mod cluster_scenarios;
 mod doctor;
 mod e2e;

@@ -5,6 +5,7 @@
 //! chosen time.
 
 pub mod backends;
+pub mod cluster_objects;
 pub mod fake_apiserver;
 pub mod injection;
 pub mod scenarios;

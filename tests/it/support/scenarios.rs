@@ -27,8 +27,10 @@ use keyhook::{
     },
     clock::{Clock, SystemClock, TokioClock},
     config::CertMode,
-    leader::LeaseSettings,
+    injection::{self, RefreshSettings},
+    leader::{self, LeaseSettings},
     metrics::Metrics,
+    providers::ProviderSettings,
     readiness::Readiness,
     server::cluster::{ClusterSettings, ClusterTasks},
 };
@@ -169,6 +171,32 @@ impl Harness {
         }
     }
 
+    /// The in-memory apiserver; `None` against a real cluster.
+    pub fn api(&self) -> Option<&FakeApiServer> {
+        match &self.backend {
+            Backend::Fake(fake) => Some(fake),
+            Backend::Real(_) => None,
+        }
+    }
+
+    /// Answers `replica`'s reads (GET by name) of the certificate Secret
+    /// `by` late, with the data as it was when each read arrived. A real
+    /// cluster cannot be told to; returns whether delayed.
+    pub fn delay_secret_reads(&self, replica: &str, by: Duration) -> bool {
+        match &self.backend {
+            Backend::Fake(fake) => {
+                fake.delay(
+                    replica,
+                    super::fake_apiserver::Verb::Get,
+                    &format!("/api/v1/namespaces/{NAMESPACE}/secrets/{SECRET}"),
+                    by,
+                );
+                true
+            }
+            Backend::Real(_) => false,
+        }
+    }
+
     /// Creates the managed objects from the fixtures (after removing what a
     /// previous run left).
     pub async fn seed(&self) {
@@ -256,9 +284,56 @@ impl Harness {
             metrics,
             readiness,
             tasks: Some(tasks),
+            loops: Vec::new(),
             shutdown,
             background,
         }
+    }
+
+    /// Starts a self-managed replica named `name` that also serves pod
+    /// injection: its store catalog and caches, and (while it leads) the
+    /// refresh and GC loops, as `keyhook serve` wires them.
+    pub fn start_injecting(&self, name: &str) -> Replica {
+        let mut replica = self.start(name);
+        let injection = keyhook::server::cluster::start_injection(
+            self.client(name),
+            ProviderSettings::default(),
+            self.timing.clock.clone(),
+            &replica.metrics,
+        );
+        replica.readiness = replica.readiness.clone().with_check(injection.readiness);
+        let leadership = replica
+            .tasks
+            .as_ref()
+            .expect("just started")
+            .leadership
+            .clone();
+        let injector = injection.injector;
+        let metrics = replica.metrics.secrets.clone();
+        let refresh = {
+            let injector = injector.clone();
+            tokio::spawn(leader::run_while_leader(
+                leadership.clone(),
+                replica.shutdown.clone(),
+                "secret-refresh",
+                move |term| {
+                    injection::run_refresh(
+                        injector.clone(),
+                        RefreshSettings::default(),
+                        metrics.clone(),
+                        term,
+                    )
+                },
+            ))
+        };
+        let gc = tokio::spawn(leader::run_while_leader(
+            leadership,
+            replica.shutdown.clone(),
+            "secret-gc",
+            move |term| injection::run_gc(injector.clone(), RefreshSettings::default(), term),
+        ));
+        replica.loops = vec![refresh, gc];
+        replica
     }
 
     /// What the API says now.
@@ -465,6 +540,9 @@ pub struct Replica {
     pub metrics: Metrics,
     pub readiness: Readiness,
     tasks: Option<ClusterTasks>,
+    /// The refresh and GC loops of a replica serving injection; they own
+    /// its injector, whose caches stop with them.
+    loops: Vec<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
     background: CancellationToken,
 }
@@ -482,6 +560,9 @@ impl Replica {
         if let Some(tasks) = self.tasks.take() {
             tasks.abort();
         }
+        for task in self.loops.drain(..) {
+            task.abort();
+        }
     }
 
     /// Ends it gracefully, as SIGTERM would: the Lease is released.
@@ -490,6 +571,9 @@ impl Replica {
         self.background.cancel();
         if let Some(tasks) = self.tasks.take() {
             tasks.join().await;
+        }
+        for task in self.loops.drain(..) {
+            let _ = task.await;
         }
     }
 }
@@ -785,6 +869,62 @@ pub async fn an_overwritten_bundle_is_re_injected(h: &Harness) {
         !rewrites.is_empty() && rewrites.iter().all(|w| w.method == "PATCH"),
         "{rewrites:?}"
     );
+}
+
+/// A change of the Secret that lands while the leader is reading it is
+/// acted on, not marked seen with the data read before it: a harmless edit
+/// wakes the controller, whose read is answered 800 ms late, and someone
+/// breaks the Secret meanwhile. The leader repairs it within seconds, not
+/// at its next scheduled look (tens of minutes away).
+pub async fn a_secret_broken_during_the_leaders_read_is_repaired(h: &Harness) {
+    h.seed().await;
+    let a = h.start("replica-a");
+    h.step_until("the first certificates", async |_| {}, |o| o.injected())
+        .await;
+    h.step().await;
+    assert!(a.leads());
+    if !h.delay_secret_reads(&a.name, Duration::from_millis(800)) {
+        return;
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(h.client("someone"), NAMESPACE);
+    let mut touched = secrets.get(SECRET).await.unwrap();
+    touched
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("example.com/reviewed".into(), "true".into());
+    secrets
+        .replace(SECRET, &PostParams::default(), &touched)
+        .await
+        .unwrap();
+    // The leader's read of the touched Secret is under way now.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut broken = secrets.get(SECRET).await.unwrap();
+    broken.data.as_mut().unwrap().remove("tls.key");
+    secrets
+        .replace(SECRET, &PostParams::default(), &broken)
+        .await
+        .unwrap();
+    let broken_at = h.timing.clock.now();
+
+    loop {
+        let secret = secrets.get(SECRET).await.unwrap();
+        if StoredCerts::from_secret(&secret).is_ok() {
+            break;
+        }
+        assert!(
+            h.timing.clock.now() - broken_at < time::Duration::seconds(10),
+            "the Secret broken during the leader's read was not repaired within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let repairs: Vec<Write> = h
+        .writes()
+        .into_iter()
+        .filter(|w| w.path.ends_with(&format!("/secrets/{SECRET}")) && w.replica == a.name)
+        .collect();
+    assert_eq!(repairs.len(), 1, "{repairs:?}");
 }
 
 /// `--cert-mode openshift`: the service-ca operator (played by the test)
