@@ -49,10 +49,17 @@ pub struct TemplateMetadata {
 }
 
 /// Generators an `ExternalSecret` may reference (`sourceRef.generatorRef.kind`).
+///
+/// One list for every version: upstream only ever added kinds, so each
+/// version accepts the newest list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum GeneratorKind {
     /// ACR access token generator.
     ACRAccessToken,
+    /// BeyondTrust workload credentials dynamic secret generator.
+    BeyondtrustWorkloadCredentialsDynamicSecret,
+    /// Cloudsmith access token generator.
+    CloudsmithAccessToken,
     /// A cluster-scoped generator.
     ClusterGenerator,
     /// ECR authorization token generator.
@@ -63,6 +70,8 @@ pub enum GeneratorKind {
     GCRAccessToken,
     /// GitHub access token generator.
     GithubAccessToken,
+    /// GitLab deploy token generator.
+    GitlabDeployToken,
     /// Quay access token generator.
     QuayAccessToken,
     /// Password generator.
@@ -80,6 +89,9 @@ pub enum GeneratorKind {
     Webhook,
     /// Grafana service account token generator.
     Grafana,
+    /// One-time password (TOTP) generator.
+    #[allow(clippy::upper_case_acronyms)]
+    MFA,
 }
 
 /// A reference to a generator custom resource.
@@ -204,6 +216,7 @@ pub struct StatusCondition {
 pub struct LocalObjectReference {
     /// Name of the referent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = ""))]
     pub name: Option<String>,
 }
 
@@ -277,26 +290,16 @@ pub struct ClusterSecretStoreCondition {
     pub namespace_regexes: Option<Vec<String>>,
 }
 
-/// What a store can do (`status.capabilities`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum SecretStoreCapabilities {
-    /// Read only.
-    ReadOnly,
-    /// Write only.
-    WriteOnly,
-    /// Read and write.
-    ReadWrite,
-}
-
 /// Observed state of a store in `v1beta1` and `v1`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretStoreStatus {
     /// Conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<StatusCondition>>,
-    /// The store's capabilities.
+    /// What the store can do: `ReadOnly`, `WriteOnly` or `ReadWrite` (the
+    /// controller's word; upstream's schema takes any string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<SecretStoreCapabilities>,
+    pub capabilities: Option<String>,
 }
 
 /// A reference to a key of a Kubernetes Secret (`esmeta.SecretKeySelector`).

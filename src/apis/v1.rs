@@ -160,17 +160,6 @@ pub struct ExternalSecretTemplate {
     pub template_from: Option<Vec<TemplateFrom>>,
 }
 
-/// Where template output goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum TemplateTarget {
-    /// The Secret's data (the default).
-    Data,
-    /// The Secret's annotations.
-    Annotations,
-    /// The Secret's labels.
-    Labels,
-}
-
 /// One `templateFrom` entry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -181,10 +170,12 @@ pub struct TemplateFrom {
     /// Templates from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<TemplateRef>,
-    /// Where the output goes.
+    /// Where the output goes: `Data` (the default), `Annotations` or
+    /// `Labels` of the Secret, or a path such as `spec.database` inside
+    /// `spec.target.manifest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Data"))]
-    pub target: Option<TemplateTarget>,
+    pub target: Option<String>,
     /// An inline template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub literal: Option<String>,
@@ -244,7 +235,6 @@ pub struct ExternalSecretDataRemoteRef {
     pub key: String,
     /// Whether provider metadata is fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "None"))]
     pub metadata_policy: Option<MetadataPolicy>,
     /// A property of a structured value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,11 +244,9 @@ pub struct ExternalSecretDataRemoteRef {
     pub version: Option<String>,
     /// Conversion of the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "Default"))]
     pub conversion_strategy: Option<ConversionStrategy>,
     /// Decoding of the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "None"))]
     pub decoding_strategy: Option<DecodingStrategy>,
 }
 
@@ -295,11 +283,9 @@ pub struct ExternalSecretFind {
     pub tags: Option<BTreeMap<String, String>>,
     /// Conversion of the values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "Default"))]
     pub conversion_strategy: Option<ConversionStrategy>,
     /// Decoding of the values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "None"))]
     pub decoding_strategy: Option<DecodingStrategy>,
 }
 

@@ -107,7 +107,12 @@ fn violations(
         Kind::ExternalSecret => Vec::new(),
         Kind::SecretStore | Kind::ClusterSecretStore => store_providers(&hub),
     };
-    let spec = hub.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
+    // A missing `spec` reads as an empty one, so each rule names what is
+    // missing from it.
+    let spec = match hub.get_mut("spec").map(Value::take) {
+        None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+        Some(spec) => spec,
+    };
     Ok(match kind {
         Kind::ExternalSecret => external_secret(&typed::<ExternalSecretSpec>(spec)?),
         Kind::SecretStore | Kind::ClusterSecretStore => {

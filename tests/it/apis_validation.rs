@@ -88,6 +88,8 @@ fn upstream_manifests_of_every_version_are_allowed() {
         "v1alpha1/externalsecret-template-v1.yaml",
         "v1alpha1/secretstore-vault.yaml",
         "v1alpha1/clustersecretstore-aws.yaml",
+        "v1alpha1/clustersecretstore-fake-valuemap.yaml",
+        "v1alpha1/secretstore-kubernetes-serviceaccount.yaml",
         "v1beta1/externalsecret-full.yaml",
         "v1beta1/secretstore-kubernetes.yaml",
         "v1beta1/clustersecretstore-gcpsm.yaml",

@@ -33,11 +33,55 @@ pub(super) fn up(
     if from == Version::V1Alpha1
         && let Some(entries) = array_at(object, DATA_FROM)?
     {
-        for entry in entries.iter_mut() {
-            *entry = Value::Object(Map::from_iter([("extract".to_owned(), entry.take())]));
+        for (i, entry) in entries.iter_mut().enumerate() {
+            if alpha_entry_shape(i, entry)? == EntryShape::Flat {
+                *entry = Value::Object(Map::from_iter([("extract".to_owned(), entry.take())]));
+            }
         }
     }
     upgrade_template_engine(from, object, recorder)
+}
+
+/// Fields of a `v1alpha1` flat `dataFrom[]` remote reference.
+const FLAT_FIELDS: [&str; 4] = ["key", "property", "version", "conversionStrategy"];
+/// Fields only a `v1beta1`/`v1` `dataFrom[]` entry has.
+const HUB_FIELDS: [&str; 4] = ["extract", "find", "rewrite", "sourceRef"];
+
+/// What a `dataFrom[]` entry of a `v1alpha1` object looks like.
+#[derive(Debug, PartialEq, Eq)]
+enum EntryShape {
+    /// `v1alpha1`'s own flat remote reference: wrap it in `extract`.
+    Flat,
+    /// Already the later shape (upstream's docs have such snippets under
+    /// `v1alpha1`): keep it, never nest it a second time.
+    Hub,
+}
+
+fn alpha_entry_shape(index: usize, entry: &Value) -> Result<EntryShape, ConversionError> {
+    let Value::Object(map) = entry else {
+        return Ok(EntryShape::Flat);
+    };
+    let flat: Vec<&str> = FLAT_FIELDS
+        .into_iter()
+        .filter(|f| map.contains_key(*f))
+        .collect();
+    let hub: Vec<&str> = HUB_FIELDS
+        .into_iter()
+        .filter(|f| map.contains_key(*f))
+        .collect();
+    match (flat.is_empty(), hub.is_empty()) {
+        (_, true) => Ok(EntryShape::Flat),
+        (true, false) => Ok(EntryShape::Hub),
+        (false, false) => Err(ConversionError::InvalidField {
+            field: format!("spec.dataFrom[{index}]"),
+            reason: format!(
+                "mixes v1alpha1's flat remote reference ({}) with the v1beta1 entry shape ({}); \
+                 keep one of the two",
+                flat.join(", "),
+                hub.join(", "),
+            ),
+        }),
+    }
 }
 
 /// Hub → spoke.
