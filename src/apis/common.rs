@@ -37,7 +37,23 @@ pub struct SecretStoreRef {
     pub kind: Option<StoreKind>,
 }
 
-/// Annotations and labels of the Secret blueprint.
+/// An object keyhook carries over without modelling its fields (such as
+/// Vault's `iam` and `gcp` auth blocks); the CRD schema preserves it whole.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OpaqueObject(pub serde_json::Map<String, serde_json::Value>);
+
+impl JsonSchema for OpaqueObject {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OpaqueObject".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "object"})
+    }
+}
+
+/// Annotations, labels and finalizers of the Secret blueprint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TemplateMetadata {
     /// Annotations of the created Secret.
@@ -46,6 +62,9 @@ pub struct TemplateMetadata {
     /// Labels of the created Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Finalizers of the created Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalizers: Option<Vec<String>>,
 }
 
 /// Generators an `ExternalSecret` may reference (`sourceRef.generatorRef.kind`).
@@ -155,6 +174,15 @@ pub enum DecodingStrategy {
     Base64URL,
     /// No decoding (the default).
     None,
+}
+
+/// What a value holding a NUL byte does (`nullBytePolicy`, `v1` only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NullBytePolicy {
+    /// Keep the value.
+    Ignore,
+    /// Fail the sync.
+    Fail,
 }
 
 /// Whether provider tags/labels are fetched (`metadataPolicy`).

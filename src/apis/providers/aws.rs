@@ -1,5 +1,7 @@
 //! `provider.aws`: AWS Secrets Manager and Parameter Store.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,24 @@ pub struct AwsProvider {
     /// Prefix added to every remote key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// Extra session tags sent when roles are assumed (`sessionTagsPolicy: Custom`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_session_tags: Option<BTreeMap<String, String>>,
+    /// Which session tags are sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "None"))]
+    pub session_tags_policy: Option<AwsSessionTagsPolicy>,
+}
+
+/// `provider.aws.sessionTagsPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AwsSessionTagsPolicy {
+    /// No automatic session tags (the default).
+    None,
+    /// The store's namespace, name and kind.
+    Simple,
+    /// `customSessionTags` as well.
+    Custom,
 }
 
 /// `provider.aws.auth`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::apis::common::{CAProvider, SecretKeySelector, ServiceAccountSelector};
+use crate::apis::common::{CAProvider, OpaqueObject, SecretKeySelector, ServiceAccountSelector};
 
 /// KV engine version of Vault/OpenBao.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -56,6 +56,17 @@ pub struct VaultProvider {
     /// Extra HTTP headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
+    /// Check-and-set for writes (KV v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_and_set: Option<VaultCheckAndSet>,
+}
+
+/// `provider.vault.checkAndSet`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VaultCheckAndSet {
+    /// Require check-and-set on every write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
 }
 
 /// Client certificate for Vault mutual TLS.
@@ -98,6 +109,12 @@ pub struct VaultAuth {
     /// Username and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_pass: Option<VaultUserPassAuth>,
+    /// AWS IAM (carried over, not modelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam: Option<OpaqueObject>,
+    /// Google Cloud (carried over, not modelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<OpaqueObject>,
 }
 
 /// Vault AppRole authentication.
