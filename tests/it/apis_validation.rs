@@ -315,3 +315,31 @@ fn per_kind_handlers_refuse_other_kinds() {
     let cluster = fixture("v1/clustersecretstore-fake.yaml");
     assert!(validate_cluster_secret_store(&admission("CREATE", &cluster)).allowed);
 }
+
+#[test]
+fn removed_template_helpers_are_admitted_with_a_warning() {
+    let object = fixture("v1alpha1/externalsecret-template-v1.yaml");
+    let response = check(&object);
+    assert!(response.allowed, "{}", response.result.message);
+    assert_eq!(
+        response.warnings.unwrap_or_default(),
+        [
+            "spec.target.template.data[tls.crt] calls pemCertificate, which template engine v2 removed: rendering it will fail",
+            "spec.target.template.data[tls.key] calls pemPrivateKey, which template engine v2 removed: rendering it will fail",
+        ]
+    );
+    assert!(check(&es()).warnings.is_none());
+}
+
+#[test]
+fn an_object_without_spec_is_refused_naming_what_it_lacks() {
+    let mut object = es();
+    object.as_object_mut().unwrap().remove("spec");
+    assert_denied(
+        &object,
+        &["spec: either spec.data or spec.dataFrom must be set"],
+    );
+    let mut store = fixture("v1/secretstore-onepassword.yaml");
+    store.as_object_mut().unwrap().remove("spec");
+    assert_denied(&store, &["spec", "provider"]);
+}

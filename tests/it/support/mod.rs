@@ -5,6 +5,7 @@
 //! chosen time.
 
 pub mod backends;
+pub mod diff;
 pub mod fake_apiserver;
 pub mod injection;
 pub mod scenarios;
