@@ -4,6 +4,7 @@
 mod support;
 
 mod apis_conversion;
+mod apis_convert_cli;
 mod apis_crds;
 mod apis_offline;
 mod apis_roundtrip_prop;
