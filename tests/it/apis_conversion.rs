@@ -19,22 +19,6 @@ fn fixture(path: &str) -> Value {
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
-const FIXTURES: [&str; 13] = [
-    "v1alpha1/externalsecret-template-v1.yaml",
-    "v1alpha1/secretstore-vault.yaml",
-    "v1alpha1/clustersecretstore-aws.yaml",
-    "v1alpha1/clustersecretstore-fake-valuemap.yaml",
-    "v1alpha1/secretstore-kubernetes-serviceaccount.yaml",
-    "v1beta1/externalsecret-full.yaml",
-    "v1beta1/secretstore-kubernetes.yaml",
-    "v1beta1/clustersecretstore-gcpsm.yaml",
-    "v1/externalsecret-full.yaml",
-    "v1/secretstore-onepassword.yaml",
-    "v1/clustersecretstore-fake.yaml",
-    "v1/secretstore-openbao.yaml",
-    "v1/secretstore-doppler.yaml",
-];
-
 fn version_of(object: &Value) -> Version {
     Version::from_api_version(object["apiVersion"].as_str().unwrap()).unwrap()
 }
@@ -48,8 +32,8 @@ fn stash(object: &Value) -> Value {
 
 #[test]
 fn every_fixture_round_trips_through_every_version() {
-    for path in FIXTURES {
-        let original = fixture(path);
+    for (path, original) in crate::apis_schemas::fixtures() {
+        let path = path.display();
         for target in Version::ALL {
             let there = convert_object(original.clone(), target).unwrap();
             assert_eq!(there["apiVersion"], target.api_version(), "{path}");

@@ -91,12 +91,35 @@ pub(super) fn down(
     recorder: &mut Recorder,
 ) -> Result<(), ConversionError> {
     map_creation_policy(to, object, recorder)?;
+    if to == Version::V1Beta1 {
+        project(
+            object,
+            TEMPLATE_FROM,
+            recorder,
+            beta_template_from,
+            Clone::clone,
+        )?;
+    }
     if to != Version::V1Alpha1 {
         return Ok(());
     }
     for path in V1_ONLY_IN_ALPHA {
         if let Some(value) = remove(object, path) {
             recorder.note(path, Some(value), None);
+        }
+    }
+    // v1alpha1 requires both; every field of them is optional, so an empty
+    // one says what an absent one did.
+    if let Some(spec) = object_at(object, "/spec")? {
+        for field in ["secretStoreRef", "target"] {
+            if !spec.contains_key(field) {
+                spec.insert(field.to_owned(), Value::Object(Map::new()));
+                recorder.note(
+                    &format!("/spec/{field}"),
+                    None,
+                    Some(Value::Object(Map::new())),
+                );
+            }
         }
     }
     // v1alpha1 defaults the engine to v1: a template that relied on the v2
@@ -211,6 +234,25 @@ fn project(
     };
     recorder.note(path, original, as_);
     Ok(())
+}
+
+/// Where `v1beta1` lets template output go; `v1` also takes a path inside
+/// `spec.target.manifest`.
+const BETA_TEMPLATE_TARGETS: [&str; 3] = ["Data", "Annotations", "Labels"];
+
+/// A `templateFrom` entry whose `target` is a manifest path, without that
+/// target (`v1beta1` has no manifests).
+fn beta_template_from(entry: &Value) -> Option<Value> {
+    let mut entry = entry.clone();
+    if let Some(map) = entry.as_object_mut()
+        && map
+            .get("target")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !BETA_TEMPLATE_TARGETS.contains(&t))
+    {
+        map.remove("target");
+    }
+    Some(entry)
 }
 
 /// A `templateFrom` entry without `target`, `literal` and `templateAs`;
