@@ -9,6 +9,7 @@ mod apis_crds;
 mod apis_offline;
 mod apis_roundtrip_prop;
 mod apis_schemas;
+mod apis_upstream;
 mod apis_validation;
 mod cert_rotation;
 mod chart;

@@ -255,15 +255,20 @@ fn beta_template_from(entry: &Value) -> Option<Value> {
     Some(entry)
 }
 
-/// A `templateFrom` entry without `target`, `literal` and `templateAs`;
-/// dropped when nothing is left.
+/// A `templateFrom` entry without what `v1alpha1` lacks (`target`,
+/// `literal`, `valuesDecodingStrategy`, `items[].templateAs`); dropped when
+/// it reads neither a ConfigMap nor a Secret, the only sources `v1alpha1` has.
 fn alpha_template_from(entry: &Value) -> Option<Value> {
     let Value::Object(map) = entry else {
         return Some(entry.clone());
     };
+    if !map.contains_key("configMap") && !map.contains_key("secret") {
+        return None;
+    }
     let mut map = map.clone();
-    map.remove("target");
-    map.remove("literal");
+    for field in ["target", "literal", "valuesDecodingStrategy"] {
+        map.remove(field);
+    }
     for source in ["configMap", "secret"] {
         if let Some(Value::Array(items)) = map
             .get_mut(source)
@@ -275,7 +280,7 @@ fn alpha_template_from(entry: &Value) -> Option<Value> {
             }
         }
     }
-    (!map.is_empty()).then_some(Value::Object(map))
+    Some(Value::Object(map))
 }
 
 /// A `data[]` entry without `sourceRef` and the v1-only remote-ref fields.

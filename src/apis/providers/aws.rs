@@ -57,9 +57,10 @@ pub struct AwsProvider {
     /// Extra session tags sent when roles are assumed (`sessionTagsPolicy: Custom`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_session_tags: Option<BTreeMap<String, String>>,
-    /// Which session tags are sent.
+    /// Which session tags are sent; absent means `None`. (Upstream's `v1`
+    /// writes that default; keyhook shares this type with the versions that
+    /// lack the field, so it leaves the field absent.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "None"))]
     pub session_tags_policy: Option<AwsSessionTagsPolicy>,
 }
 

@@ -34,7 +34,8 @@ pub fn admit(schema: &Value, object: &Value) -> Result<Admitted, Vec<String>> {
             }
             known
         });
-        for (name, value) in map.iter_mut() {
+        // metadata is the apiserver's ObjectMeta, whatever the CRD says.
+        for (name, value) in map.iter_mut().filter(|(name, _)| *name != "metadata") {
             if let Some(child) = properties.get(name) {
                 prune_and_default(child, value, name, &mut pruned);
             }
@@ -49,7 +50,7 @@ pub fn admit(schema: &Value, object: &Value) -> Result<Admitted, Vec<String>> {
                 errors.push(format!("{name}: Required value"));
             }
         }
-        for (name, value) in map {
+        for (name, value) in map.iter().filter(|(name, _)| *name != "metadata") {
             if let Some(child) = properties.get(name) {
                 validate(child, value, name, &mut errors);
             }
