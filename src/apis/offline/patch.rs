@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::render::Layout;
 use super::scalar::{self, Quoting};
-use super::tree::{Entry, Node, NodeKind};
+use super::tree::{Entry, Node, NodeKind, dash_before};
 
 /// Replace `range` of the source with `text`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,7 +316,7 @@ impl<'a> Patcher<'a> {
                     if i == 0 {
                         node.span.start
                     } else {
-                        self.dash_before(item.span.start)
+                        dash_before(self.text, item.span.start)
                     }
                 })
                 .collect()
@@ -507,15 +507,6 @@ impl<'a> Patcher<'a> {
         self.text[self.line_start(at)..at]
             .bytes()
             .all(|b| b == b' ')
-    }
-
-    fn dash_before(&self, item: usize) -> usize {
-        self.text[..item]
-            .char_indices()
-            .rev()
-            .find(|&(_, c)| c != ' ')
-            .filter(|&(_, c)| c == '-')
-            .map_or(item, |(i, _)| i)
     }
 }
 

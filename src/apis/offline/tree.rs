@@ -159,6 +159,7 @@ impl Builder<'_> {
             Event::StreamStart | Event::StreamEnd => {}
             Event::DocumentStart(..) => {
                 self.anchors.clear();
+                self.last_end = end;
                 self.stack.push(Open::Document { root: None });
             }
             Event::DocumentEnd => {
@@ -192,6 +193,9 @@ impl Builder<'_> {
             }
             Event::MappingStart(style, anchor, _) => {
                 let flow = style == StructureStyle::Flow;
+                if flow {
+                    self.last_end = end;
+                }
                 self.stack.push(Open::Mapping {
                     start,
                     flow,
@@ -202,7 +206,14 @@ impl Builder<'_> {
             }
             Event::SequenceStart(style, anchor, _) => {
                 let flow = style == StructureStyle::Flow;
-                let start = if flow { start } else { self.dash_before(start) };
+                if flow {
+                    self.last_end = end;
+                }
+                let start = if flow {
+                    start
+                } else {
+                    dash_before(self.text, start)
+                };
                 self.stack.push(Open::Sequence {
                     start,
                     flow,
@@ -305,17 +316,6 @@ impl Builder<'_> {
         }
     }
 
-    /// Where the first `- ` of a block sequence whose first item starts at
-    /// `item` is.
-    fn dash_before(&self, item: usize) -> usize {
-        self.text[..item]
-            .char_indices()
-            .rev()
-            .find(|&(_, c)| c != ' ')
-            .filter(|&(_, c)| c == '-')
-            .map_or(item, |(i, _)| i)
-    }
-
     /// Adds a finished node to its parent.
     fn push(&mut self, node: Node, at: usize) -> Result<(), Failure> {
         match self.stack.last_mut() {
@@ -359,6 +359,17 @@ impl Builder<'_> {
             reason,
         }
     }
+}
+
+/// Where the `- ` of a block sequence item starting at `item` is (`item`
+/// itself when no dash precedes it).
+pub(crate) fn dash_before(text: &str, item: usize) -> usize {
+    text[..item]
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| c != ' ')
+        .filter(|&(_, c)| c == '-')
+        .map_or(item, |(i, _)| i)
 }
 
 fn offset(bytes: Option<usize>, chars: usize) -> usize {
