@@ -178,16 +178,9 @@ impl Run<'_> {
                       (comments and key order are lost)"
                 .to_owned(),
         });
-        let written = if layout.json {
-            serde_json::to_string_pretty(&new).map_err(|_| OfflineError::Render {
-                document: self.documents,
-            })?
-        } else {
-            layout.block(&new, 0)
-        };
         let edits = vec![Edit {
             range: root.span.clone(),
-            text: written,
+            text: layout.document(&new),
         }];
         if reads_back(text, &range, &edits, &new) {
             Ok(edits)

@@ -64,27 +64,20 @@ impl<'a> Patcher<'a> {
 
     /// Edits that turn `root` (whose value is `old`) into `new`.
     pub(crate) fn root(mut self, root: &Node, old: &Value, new: &Value) -> Vec<Edit> {
-        // Rewriting the root cannot fail.
-        let _ = self.node(root, old, new, Slot::Root);
+        self.node(root, old, new, Slot::Root);
         self.edits
     }
 
-    fn node(
-        &mut self,
-        node: &Node,
-        old: &Value,
-        new: &Value,
-        slot: Slot,
-    ) -> Result<(), Unpatchable> {
+    /// Edits the node in place where its shape allows, else rewrites it.
+    fn node(&mut self, node: &Node, old: &Value, new: &Value, slot: Slot) {
         if old == new {
-            return Ok(());
+            return;
         }
         let mark = self.edits.len();
-        if self.reshape(node, old, new, slot).is_ok() {
-            return Ok(());
+        if self.reshape(node, old, new, slot).is_err() {
+            self.edits.truncate(mark);
+            self.rewrite(node, new, slot);
         }
-        self.edits.truncate(mark);
-        self.rewrite(node, new, slot)
     }
 
     fn reshape(
@@ -132,10 +125,10 @@ impl<'a> Patcher<'a> {
     }
 
     /// Writes `node` anew as `new`.
-    fn rewrite(&mut self, node: &Node, new: &Value, slot: Slot) -> Result<(), Unpatchable> {
+    fn rewrite(&mut self, node: &Node, new: &Value, slot: Slot) {
         let quoting = self.layout.quoting();
         let (range, text) = match slot {
-            Slot::Root => (node.span.clone(), self.layout.block(new, 0)),
+            Slot::Root => (node.span.clone(), self.layout.document(new)),
             Slot::Flow => (node.span.clone(), scalar::inline(new, quoting)),
             Slot::Value {
                 key_column,
@@ -154,7 +147,6 @@ impl<'a> Patcher<'a> {
             }
         };
         self.edits.push(Edit { range, text });
-        Ok(())
     }
 
     /// A scalar written in the style of the one it replaces.
@@ -213,7 +205,7 @@ impl<'a> Patcher<'a> {
         }
         for entry in counted(entries).filter(|e| new.contains_key(&e.key)) {
             let slot = self.value_slot(entry)?;
-            self.node(&entry.value, &old[&entry.key], &new[&entry.key], slot)?;
+            self.node(&entry.value, &old[&entry.key], &new[&entry.key], slot);
         }
         for run in runs(&kept) {
             let range = if run.start > 0 {
@@ -266,7 +258,7 @@ impl<'a> Patcher<'a> {
             return Err(Unpatchable);
         }
         for entry in counted(entries).filter(|e| new.contains_key(&e.key)) {
-            self.node(&entry.value, &old[&entry.key], &new[&entry.key], Slot::Flow)?;
+            self.node(&entry.value, &old[&entry.key], &new[&entry.key], Slot::Flow);
         }
         let spans: Vec<Range<usize>> = entries
             .iter()
@@ -328,7 +320,7 @@ impl<'a> Patcher<'a> {
             } else {
                 Slot::Item { dash: dashes[o] }
             };
-            self.node(&items[o], &old[o], &new[n], slot)?;
+            self.node(&items[o], &old[o], &new[n], slot);
         }
         if !kept.contains(&true) {
             return Err(Unpatchable);
@@ -413,7 +405,7 @@ impl<'a> Patcher<'a> {
         } else {
             self.value_slot(entry)?
         };
-        inner.node(child, old_child, new, child_slot)?;
+        inner.node(child, old_child, new, child_slot);
         if inner
             .edits
             .iter()

@@ -91,6 +91,17 @@ impl Layout {
         }
     }
 
+    /// `value` as a whole document: pretty JSON in a JSON stream, else a
+    /// block.
+    pub(crate) fn document(&self, value: &Value) -> String {
+        if self.json {
+            // Serializing a `Value` to JSON cannot fail.
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        } else {
+            self.block(value, 0)
+        }
+    }
+
     /// `value` laid out as a block whose first line starts at `column`
     /// (that line's leading spaces included).
     pub(crate) fn block(&self, value: &Value, column: usize) -> String {
