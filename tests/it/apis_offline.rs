@@ -315,3 +315,21 @@ fn a_repeated_key_counts_last_and_is_warned_about() {
         converted.output
     );
 }
+
+#[test]
+fn a_layout_the_editor_cannot_follow_is_written_anew_with_a_warning() {
+    // The engine goes after `data`, whose last value keeps its trailing
+    // blank line (`|+`): an insertion there would change that value.
+    let input = "apiVersion: external-secrets.io/v1alpha1\nkind: ExternalSecret\nmetadata:\n  name: keep\nspec:\n  secretStoreRef:\n    name: s\n  target:\n    template:\n      data:\n        motd: |+\n          hello\n\n  data:\n  - secretKey: a\n    remoteRef:\n      key: a\n";
+    let converted = convert(input, Version::V1);
+    assert_eq!(
+        converted.warnings[0].to_string(),
+        "document 1: its layout could not be kept; the converted document is written anew (comments and key order are lost)"
+    );
+    let expected = convert_object(yaml(input).remove(0), Version::V1).unwrap();
+    assert_eq!(yaml(&converted.output).remove(0), expected);
+    assert_eq!(
+        expected["spec"]["target"]["template"]["data"]["motd"],
+        "hello\n\n"
+    );
+}
