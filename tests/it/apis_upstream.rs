@@ -10,7 +10,8 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use keyhook::apis::{OfflineError, Version, convert_documents, convert_object};
+use keyhook::apis::{OfflineError, Version, convert_documents, convert_object, convert_review};
+use kube::core::conversion::{ConversionRequest, ConversionReview};
 use serde_json::Value;
 
 use crate::apis_schemas::{fixtures, keyhook_schema, version_of};
@@ -342,7 +343,7 @@ fn upstream_manifests(tag: &str) -> Vec<(String, String)> {
 #[test]
 #[ignore = "needs a clone of upstream: set KEYHOOK_UPSTREAM_REPO"]
 fn upstreams_manifests_convert_and_come_back() {
-    let (mut objects, mut not_yaml) = (0, Vec::new());
+    let (mut objects, mut not_yaml) = (Vec::new(), Vec::new());
     for tag in [LAST_V1ALPHA1_TAG, NEWEST_TAG] {
         for (path, text) in upstream_manifests(tag) {
             // A few snippets are not YAML at all (quotes nested in quotes);
@@ -383,7 +384,7 @@ fn upstreams_manifests_convert_and_come_back() {
                 if !stored.pruned.is_empty() {
                     continue;
                 }
-                objects += 1;
+                objects.push(object.clone());
                 for to in Version::ALL {
                     let there = convert_object(object.clone(), to).unwrap();
                     let back = convert_object(there, version).unwrap();
@@ -392,6 +393,27 @@ fn upstreams_manifests_convert_and_come_back() {
             }
         }
     }
-    assert!(objects > 100, "only {objects} objects checked");
+    assert!(
+        objects.len() > 100,
+        "only {} objects checked",
+        objects.len()
+    );
+    // All of them in one ConversionReview, as the apiserver may send a list.
+    for to in Version::ALL {
+        let body = serde_json::json!({
+            "kind": "ConversionReview",
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "request": {"uid": "0f0e", "desiredAPIVersion": to.api_version(), "objects": objects}
+        });
+        let review: ConversionReview = serde_json::from_value(body).unwrap();
+        let response = convert_review(ConversionRequest::from_review(review).unwrap());
+        let answer = serde_json::to_value(response.into_review()).unwrap();
+        assert_eq!(answer["response"]["result"]["status"], "Success", "to {to}");
+        let converted = answer["response"]["convertedObjects"].as_array().unwrap();
+        assert_eq!(converted.len(), objects.len());
+        for (object, converted) in objects.iter().zip(converted) {
+            assert_eq!(converted, &convert_object(object.clone(), to).unwrap());
+        }
+    }
     assert!(not_yaml.len() < 10, "not YAML: {not_yaml:#?}");
 }
