@@ -5,7 +5,7 @@
 //! `ExternalSecret`, `SecretStore` and `ClusterSecretStore` objects (also
 //! inside a `kind: List`, as `kubectl get -o yaml` prints) are converted;
 //! every other document is left byte for byte. In a converted document only
-//! the spans whose value changed are rewritten ([`patch`]), in the
+//! the spans whose value changed are rewritten (`patch`), in the
 //! document's own layout; comments, key order, quoting and every untouched
 //! line stay. Each edited document is read back and must equal the
 //! converted object; one that does not is written anew, with a warning.
