@@ -59,19 +59,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
-    /// Convert a YAML or JSON stream of external-secrets.io objects offline; other kinds pass through.
+    /// Convert a YAML or JSON stream of external-secrets.io objects offline, changing only what
+    /// the conversion changes; other kinds pass through byte for byte.
+    #[command(override_usage = "keyhook convert --to <VERSION> [-f <FILE>]")]
     Convert {
         /// Target version: v1alpha1, v1beta1 or v1.
         #[arg(long, value_name = "VERSION")]
         to: apis::Version,
-        /// Input file; `-` or nothing reads standard input.
-        #[arg(
-            short = 'f',
-            long = "filename",
-            value_name = "FILE",
-            default_value = "-"
-        )]
-        file: PathBuf,
+        /// Input file; without it (or with `-`) standard input is read.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -110,7 +107,7 @@ fn main() -> ExitCode {
         Command::Certs(CertsCommand::Inspect { cert_dir, service }) => inspect(&cert_dir, &service),
         Command::Doctor { cluster_domain } => doctor(&cluster_domain),
         Command::Crds { out } => print_crds(out.as_deref()),
-        Command::Convert { to, file } => convert(to, &file),
+        Command::Convert { to, file } => convert(to, file.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -317,13 +314,21 @@ fn print_crds(out: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn convert(to: apis::Version, file: &Path) -> anyhow::Result<ExitCode> {
-    let input = if file == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+fn convert(to: apis::Version, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let input = match file {
+        None => std::io::read_to_string(std::io::stdin()).context("reading standard input")?,
+        Some(path) if path == Path::new("-") => {
+            std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+        }
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
     };
-    let output = apis::convert_documents(&input, to)?;
-    print!("{output}");
+    let converted = apis::convert_documents(&input, to)?;
+    for warning in &converted.warnings {
+        eprintln!("warning: {warning}");
+    }
+    std::io::Write::write_all(&mut std::io::stdout().lock(), converted.output.as_bytes())
+        .context("writing standard output")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -37,7 +37,23 @@ pub struct SecretStoreRef {
     pub kind: Option<StoreKind>,
 }
 
-/// Annotations and labels of the Secret blueprint.
+/// An object keyhook carries over without modelling its fields (such as
+/// Vault's `iam` and `gcp` auth blocks); the CRD schema preserves it whole.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OpaqueObject(pub serde_json::Map<String, serde_json::Value>);
+
+impl JsonSchema for OpaqueObject {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OpaqueObject".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "object"})
+    }
+}
+
+/// Annotations, labels and finalizers of the Secret blueprint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TemplateMetadata {
     /// Annotations of the created Secret.
@@ -46,13 +62,23 @@ pub struct TemplateMetadata {
     /// Labels of the created Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Finalizers of the created Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalizers: Option<Vec<String>>,
 }
 
 /// Generators an `ExternalSecret` may reference (`sourceRef.generatorRef.kind`).
+///
+/// One list for every version: upstream only ever added kinds, so each
+/// version accepts the newest list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum GeneratorKind {
     /// ACR access token generator.
     ACRAccessToken,
+    /// BeyondTrust workload credentials dynamic secret generator.
+    BeyondtrustWorkloadCredentialsDynamicSecret,
+    /// Cloudsmith access token generator.
+    CloudsmithAccessToken,
     /// A cluster-scoped generator.
     ClusterGenerator,
     /// ECR authorization token generator.
@@ -63,6 +89,8 @@ pub enum GeneratorKind {
     GCRAccessToken,
     /// GitHub access token generator.
     GithubAccessToken,
+    /// GitLab deploy token generator.
+    GitlabDeployToken,
     /// Quay access token generator.
     QuayAccessToken,
     /// Password generator.
@@ -80,6 +108,9 @@ pub enum GeneratorKind {
     Webhook,
     /// Grafana service account token generator.
     Grafana,
+    /// One-time password (TOTP) generator.
+    #[allow(clippy::upper_case_acronyms)]
+    MFA,
 }
 
 /// A reference to a generator custom resource.
@@ -145,6 +176,15 @@ pub enum DecodingStrategy {
     None,
 }
 
+/// What a value holding a NUL byte does (`nullBytePolicy`, `v1` only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NullBytePolicy {
+    /// Keep the value.
+    Ignore,
+    /// Fail the sync.
+    Fail,
+}
+
 /// Whether provider tags/labels are fetched (`metadataPolicy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum MetadataPolicy {
@@ -204,6 +244,7 @@ pub struct StatusCondition {
 pub struct LocalObjectReference {
     /// Name of the referent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = ""))]
     pub name: Option<String>,
 }
 
@@ -277,26 +318,16 @@ pub struct ClusterSecretStoreCondition {
     pub namespace_regexes: Option<Vec<String>>,
 }
 
-/// What a store can do (`status.capabilities`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum SecretStoreCapabilities {
-    /// Read only.
-    ReadOnly,
-    /// Write only.
-    WriteOnly,
-    /// Read and write.
-    ReadWrite,
-}
-
 /// Observed state of a store in `v1beta1` and `v1`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretStoreStatus {
     /// Conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<StatusCondition>>,
-    /// The store's capabilities.
+    /// What the store can do: `ReadOnly`, `WriteOnly` or `ReadWrite` (the
+    /// controller's word; upstream's schema takes any string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<SecretStoreCapabilities>,
+    pub capabilities: Option<String>,
 }
 
 /// A reference to a key of a Kubernetes Secret (`esmeta.SecretKeySelector`).

@@ -147,6 +147,13 @@ fn finish(
     let mut json = serde_json::to_value(&crd).map_err(|source| CrdError::Json { kind, source })?;
     if let Some(Value::Array(versions)) = json.pointer_mut("/spec/versions") {
         for version in versions {
+            // kube-derive requires `spec`; upstream's schemas do not, and the
+            // webhook answers a missing one naming what it lacks.
+            if let Some(Value::Array(required)) =
+                version.pointer_mut("/schema/openAPIV3Schema/required")
+            {
+                required.retain(|field| field != "spec");
+            }
             for part in ["spec", "status"] {
                 let path = format!("/schema/openAPIV3Schema/properties/{part}");
                 if let Some(schema) = version.pointer_mut(&path) {

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 pub use super::common::{
     ClusterSecretStoreCondition, ConversionStrategy, DecodingStrategy, DeletionPolicy,
-    ExternalSecretStatus, MetadataPolicy, RefreshPolicy, SecretStoreRef, SecretStoreRetrySettings,
-    SecretStoreStatus, StoreGeneratorSourceRef, StoreSourceRef, TemplateMetadata,
+    ExternalSecretStatus, MetadataPolicy, NullBytePolicy, RefreshPolicy, SecretStoreRef,
+    SecretStoreRetrySettings, SecretStoreStatus, StoreGeneratorSourceRef, StoreSourceRef,
+    TemplateMetadata,
 };
 pub use super::providers::SecretStoreProvider;
 
@@ -76,6 +77,45 @@ pub struct ExternalSecretSpec {
     /// Whole secrets or searches to fetch, merged in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_from: Option<Vec<ExternalSecretDataFromRemoteRef>>,
+    /// When syncs may (or may not) happen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_windows: Option<SyncWindows>,
+}
+
+/// Whether the windows allow or deny syncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SyncWindowKind {
+    /// Syncs happen only inside a window.
+    #[serde(rename = "allow")]
+    Allow,
+    /// Syncs never happen inside a window.
+    #[serde(rename = "deny")]
+    Deny,
+}
+
+/// `spec.syncWindows`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SyncWindows {
+    /// `allow` or `deny`.
+    pub kind: SyncWindowKind,
+    /// The windows.
+    #[schemars(length(min = 1))]
+    pub windows: Vec<SyncWindow>,
+}
+
+/// One sync window: when it opens and how long it lasts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SyncWindow {
+    /// A cron schedule or `@every`/`@daily`-style descriptor.
+    #[schemars(
+        length(min = 1),
+        regex(
+            pattern = r"^(@(annually|yearly|monthly|weekly|daily|midnight|hourly)|@every [^\s]+.*|[^\s]+( [^\s]+){4})$"
+        )
+    )]
+    pub schedule: String,
+    /// How long the window stays open, a Go duration.
+    pub duration: String,
 }
 
 /// How the target Secret is created.
@@ -115,6 +155,21 @@ pub struct ExternalSecretTarget {
     /// Make the Secret immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutable: Option<bool>,
+    /// Write a custom resource of this kind instead of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestReference>,
+}
+
+/// `spec.target.manifest`: the kind of object to write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestReference {
+    /// apiVersion of the object.
+    #[schemars(length(min = 1))]
+    pub api_version: String,
+    /// kind of the object.
+    #[schemars(length(min = 1))]
+    pub kind: String,
 }
 
 /// Template engine version; `v1` only has `v2`.
@@ -160,17 +215,6 @@ pub struct ExternalSecretTemplate {
     pub template_from: Option<Vec<TemplateFrom>>,
 }
 
-/// Where template output goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum TemplateTarget {
-    /// The Secret's data (the default).
-    Data,
-    /// The Secret's annotations.
-    Annotations,
-    /// The Secret's labels.
-    Labels,
-}
-
 /// One `templateFrom` entry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -181,13 +225,18 @@ pub struct TemplateFrom {
     /// Templates from a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<TemplateRef>,
-    /// Where the output goes.
+    /// Where the output goes: `Data` (the default), `Annotations` or
+    /// `Labels` of the Secret, or a path such as `spec.database` inside
+    /// `spec.target.manifest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Data"))]
-    pub target: Option<TemplateTarget>,
+    pub target: Option<String>,
     /// An inline template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub literal: Option<String>,
+    /// Decoding of the values handed to the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values_decoding_strategy: Option<DecodingStrategy>,
 }
 
 /// Whether a template applies to values only or to keys and values.
@@ -244,7 +293,6 @@ pub struct ExternalSecretDataRemoteRef {
     pub key: String,
     /// Whether provider metadata is fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "None"))]
     pub metadata_policy: Option<MetadataPolicy>,
     /// A property of a structured value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,12 +302,13 @@ pub struct ExternalSecretDataRemoteRef {
     pub version: Option<String>,
     /// Conversion of the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "Default"))]
     pub conversion_strategy: Option<ConversionStrategy>,
     /// Decoding of the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "None"))]
     pub decoding_strategy: Option<DecodingStrategy>,
+    /// What a value holding a NUL byte does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_byte_policy: Option<NullBytePolicy>,
 }
 
 /// `spec.dataFrom[]`: exactly one of `extract`, `find` or `sourceRef.generatorRef`.
@@ -295,12 +344,13 @@ pub struct ExternalSecretFind {
     pub tags: Option<BTreeMap<String, String>>,
     /// Conversion of the values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "Default"))]
     pub conversion_strategy: Option<ConversionStrategy>,
     /// Decoding of the values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "None"))]
     pub decoding_strategy: Option<DecodingStrategy>,
+    /// What a value holding a NUL byte does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_byte_policy: Option<NullBytePolicy>,
 }
 
 /// `find.name`.
@@ -321,6 +371,62 @@ pub struct ExternalSecretRewrite {
     /// A template applied to each key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transform: Option<ExternalSecretRewriteTransform>,
+    /// Merges nested values into one map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<ExternalSecretRewriteMerge>,
+}
+
+/// `rewrite[].merge`: how nested values are merged.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretRewriteMerge {
+    /// What a key found twice does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Error"))]
+    pub conflict_policy: Option<MergeConflictPolicy>,
+    /// Key the merged map goes into; empty for the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = ""))]
+    pub into: Option<String>,
+    /// Keys merged first, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Vec<String>>,
+    /// What a missing `priority` key does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Strict"))]
+    pub priority_policy: Option<MergePriorityPolicy>,
+    /// How values are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Extract"))]
+    pub strategy: Option<MergeStrategy>,
+}
+
+/// `merge.conflictPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MergeConflictPolicy {
+    /// Keep the first value.
+    Ignore,
+    /// Fail the sync (the default).
+    Error,
+}
+
+/// `merge.priorityPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MergePriorityPolicy {
+    /// Skip priority keys that are missing.
+    IgnoreNotFound,
+    /// Fail on a missing priority key (the default).
+    Strict,
+}
+
+/// `merge.strategy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MergeStrategy {
+    /// Merge the extracted key/value pairs (the default).
+    Extract,
+    /// Merge values that hold JSON objects.
+    #[allow(clippy::upper_case_acronyms)]
+    JSON,
 }
 
 /// A regular-expression key rewrite.

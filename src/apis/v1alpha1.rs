@@ -17,7 +17,7 @@ pub use super::common::{
     ConversionStrategy, ExternalSecretStatus, SecretStoreRef, SecretStoreRetrySettings,
     StatusCondition, TemplateMetadata,
 };
-pub use super::providers::SecretStoreProvider;
+pub use super::providers::AlphaSecretStoreProvider as SecretStoreProvider;
 pub use super::v1beta1::TemplateEngineVersion;
 
 /// Desired state of an `ExternalSecret`.

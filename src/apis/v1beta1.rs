@@ -1,6 +1,8 @@
 //! `external-secrets.io/v1beta1`: served, deprecated. Equal to `v1` except that
 //! the template engine `v1` still exists, `creationPolicy` has no
-//! `CreateOrMerge`, and a store's `refreshInterval` is a number of seconds.
+//! `CreateOrMerge`, `templateFrom[].target` is one of `Data`, `Annotations`
+//! and `Labels`, remote references default their strategies, and a store's
+//! `refreshInterval` is a number of seconds.
 
 // Each `printcolumn(...)` of `#[kube]` repeats `type_ = "string"`, which
 // clippy takes for a duplicated attribute.
@@ -13,14 +15,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use super::common::{
-    ClusterSecretStoreCondition, ExternalSecretStatus, RefreshPolicy, SecretStoreRef,
-    SecretStoreRetrySettings, SecretStoreStatus, TemplateMetadata,
+    ClusterSecretStoreCondition, ConversionStrategy, DecodingStrategy, ExternalSecretStatus,
+    MetadataPolicy, RefreshPolicy, SecretStoreRef, SecretStoreRetrySettings, SecretStoreStatus,
+    StoreGeneratorSourceRef, StoreSourceRef, TemplateMetadata,
 };
 pub use super::providers::SecretStoreProvider;
 pub use super::v1::{
-    DeletionPolicy, ExternalSecretData, ExternalSecretDataFromRemoteRef,
-    ExternalSecretDataRemoteRef, ExternalSecretFind, ExternalSecretRewrite, TemplateFrom,
-    TemplateMergePolicy, TemplateRef, TemplateRefItem,
+    DeletionPolicy, ExternalSecretRewrite, FindName, TemplateMergePolicy, TemplateRef,
+    TemplateRefItem,
 };
 
 /// Desired state of an `ExternalSecret`.
@@ -68,7 +70,7 @@ pub struct ExternalSecretSpec {
     pub refresh_policy: Option<RefreshPolicy>,
     /// How often to read the provider again, a Go duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "1h"))]
+    #[schemars(extend("default" = "1h0m0s"))]
     pub refresh_interval: Option<String>,
     /// Single keys to fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +152,118 @@ pub struct ExternalSecretTemplate {
     /// Templates read from ConfigMaps, Secrets or literals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_from: Option<Vec<TemplateFrom>>,
+}
+
+/// Where template output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TemplateTarget {
+    /// The Secret's data (the default).
+    Data,
+    /// The Secret's annotations.
+    Annotations,
+    /// The Secret's labels.
+    Labels,
+}
+
+/// One `templateFrom` entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateFrom {
+    /// Templates from a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<TemplateRef>,
+    /// Templates from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<TemplateRef>,
+    /// Where the output goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Data"))]
+    pub target: Option<TemplateTarget>,
+    /// An inline template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub literal: Option<String>,
+}
+
+/// `spec.data[]`: one key of the Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretData {
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub secret_key: String,
+    /// The remote value.
+    pub remote_ref: ExternalSecretDataRemoteRef,
+    /// Overrides the store this key is read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ref: Option<StoreSourceRef>,
+}
+
+/// A remote value: `data[].remoteRef` and `dataFrom[].extract`; unlike `v1`,
+/// the strategies have defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretDataRemoteRef {
+    /// Key in the provider.
+    pub key: String,
+    /// Whether provider metadata is fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "None"))]
+    pub metadata_policy: Option<MetadataPolicy>,
+    /// A property of a structured value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<String>,
+    /// A version of the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Conversion of the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Default"))]
+    pub conversion_strategy: Option<ConversionStrategy>,
+    /// Decoding of the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "None"))]
+    pub decoding_strategy: Option<DecodingStrategy>,
+}
+
+/// `spec.dataFrom[]`: exactly one of `extract`, `find` or `sourceRef.generatorRef`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretDataFromRemoteRef {
+    /// All key/value pairs of one remote secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract: Option<ExternalSecretDataRemoteRef>,
+    /// Secrets found by name or tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find: Option<ExternalSecretFind>,
+    /// Key rewrites, applied in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Vec<ExternalSecretRewrite>>,
+    /// A store or generator to read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ref: Option<StoreGeneratorSourceRef>,
+}
+
+/// `dataFrom[].find`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretFind {
+    /// Root path of the search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Match on the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<FindName>,
+    /// Match on tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Conversion of the values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Default"))]
+    pub conversion_strategy: Option<ConversionStrategy>,
+    /// Decoding of the values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "None"))]
+    pub decoding_strategy: Option<DecodingStrategy>,
 }
 
 /// Desired state of a `SecretStore`.

@@ -22,7 +22,7 @@ use super::v1::{
     CreationPolicy, DeletionPolicy, ExternalSecretDataFromRemoteRef, ExternalSecretSpec,
     IntOrString, SecretStoreSpec,
 };
-use super::{Kind, Version, convert_object};
+use super::{Kind, Version, convert_object, removed_helpers};
 
 /// Secret type that an ExternalSecret must not produce: bootstrap tokens
 /// grant cluster join rights.
@@ -73,8 +73,14 @@ fn validate_kind(kind: Kind, request: &AdmissionRequest<DynamicObject>) -> Admis
         return response.deny(format!("{} request without an object", kind.as_str()));
     };
     match violations(kind, request, object) {
-        Ok(found) if found.is_empty() => response,
-        Ok(found) => response.deny(format!(
+        Ok(Findings { denials, warnings }) if denials.is_empty() => {
+            let mut response = response;
+            if !warnings.is_empty() {
+                response.warnings = Some(warnings);
+            }
+            response
+        }
+        Ok(Findings { denials: found, .. }) => response.deny(format!(
             "{} {} is invalid: {}",
             kind.as_str(),
             object.metadata.name.as_deref().unwrap_or(&request.name),
@@ -84,12 +90,20 @@ fn validate_kind(kind: Kind, request: &AdmissionRequest<DynamicObject>) -> Admis
     }
 }
 
-/// Every rule the object breaks, each naming its field.
+/// What the rules found in an object.
+struct Findings {
+    /// Every rule the object breaks, each naming its field.
+    denials: Vec<String>,
+    /// What is allowed but will fail later, each naming its field.
+    warnings: Vec<String>,
+}
+
+/// Checks the object against every rule.
 fn violations(
     kind: Kind,
     request: &AdmissionRequest<DynamicObject>,
     object: &DynamicObject,
-) -> Result<Vec<String>, String> {
+) -> Result<Findings, String> {
     let mut value = serde_json::to_value(object).map_err(|e| format!("object: {e}"))?;
     if let Some(map) = value.as_object_mut() {
         let group_version = if request.kind.group.is_empty() {
@@ -107,15 +121,38 @@ fn violations(
         Kind::ExternalSecret => Vec::new(),
         Kind::SecretStore | Kind::ClusterSecretStore => store_providers(&hub),
     };
-    let spec = hub.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
-    Ok(match kind {
+    let warnings = match kind {
+        Kind::ExternalSecret => removed_helper_warnings(&hub),
+        Kind::SecretStore | Kind::ClusterSecretStore => Vec::new(),
+    };
+    // A missing `spec` reads as an empty one, so each rule names what is
+    // missing from it.
+    let spec = match hub.get_mut("spec").map(Value::take) {
+        None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+        Some(spec) => spec,
+    };
+    let denials = match kind {
         Kind::ExternalSecret => external_secret(&typed::<ExternalSecretSpec>(spec)?),
         Kind::SecretStore | Kind::ClusterSecretStore => {
             let mut found = providers;
             found.extend(store(&typed::<SecretStoreSpec>(spec)?));
             found
         }
-    })
+    };
+    Ok(Findings { denials, warnings })
+}
+
+/// Templates that call a helper engine `v2` removed are admitted as
+/// upstream admits them, with a warning: they fail only when rendered.
+fn removed_helper_warnings(hub: &Value) -> Vec<String> {
+    removed_helpers(hub)
+        .into_iter()
+        .map(|(field, helper)| {
+            format!(
+                "{field} calls {helper}, which template engine v2 removed: rendering it will fail"
+            )
+        })
+        .collect()
 }
 
 /// Reads `spec` into its `v1` type; a shape error names the field.

@@ -9,25 +9,15 @@ use serde_json::{Value, json};
 
 fn fixture(path: &str) -> Value {
     let full = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/apis")
-        .join(path);
+        .join("tests/fixtures")
+        .join(if path.starts_with("conversion/") {
+            path.to_owned()
+        } else {
+            format!("apis/{path}")
+        });
     let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
-
-const FIXTURES: [&str; 11] = [
-    "v1alpha1/externalsecret-template-v1.yaml",
-    "v1alpha1/secretstore-vault.yaml",
-    "v1alpha1/clustersecretstore-aws.yaml",
-    "v1beta1/externalsecret-full.yaml",
-    "v1beta1/secretstore-kubernetes.yaml",
-    "v1beta1/clustersecretstore-gcpsm.yaml",
-    "v1/externalsecret-full.yaml",
-    "v1/secretstore-onepassword.yaml",
-    "v1/clustersecretstore-fake.yaml",
-    "v1/secretstore-openbao.yaml",
-    "v1/secretstore-doppler.yaml",
-];
 
 fn version_of(object: &Value) -> Version {
     Version::from_api_version(object["apiVersion"].as_str().unwrap()).unwrap()
@@ -42,8 +32,8 @@ fn stash(object: &Value) -> Value {
 
 #[test]
 fn every_fixture_round_trips_through_every_version() {
-    for path in FIXTURES {
-        let original = fixture(path);
+    for (path, original) in crate::apis_schemas::fixtures() {
+        let path = path.display();
         for target in Version::ALL {
             let there = convert_object(original.clone(), target).unwrap();
             assert_eq!(there["apiVersion"], target.api_version(), "{path}");
@@ -189,6 +179,79 @@ fn providers_keyhook_does_not_model_pass_through_every_version() {
             );
         }
     }
+}
+
+#[test]
+fn v1alpha1_data_from_already_in_the_later_shape_is_never_nested() {
+    let original = fixture("conversion/v1alpha1-externalsecret-datafrom-later-shape.yaml");
+    let v1 = convert_object(original.clone(), Version::V1).unwrap();
+    assert_eq!(
+        v1["spec"]["dataFrom"],
+        json!([
+            {"extract": {"key": "/team-c/flat"}},
+            {"extract": {"key": "/team-c/extracted", "property": "settings"}},
+            original["spec"]["dataFrom"][2],
+        ])
+    );
+    // Back in v1alpha1 the entries take its own flat shape; the search has
+    // none and is kept in the stash.
+    let alpha = convert_object(v1, Version::V1Alpha1).unwrap();
+    assert_eq!(
+        alpha["spec"]["dataFrom"],
+        json!([
+            {"key": "/team-c/flat"},
+            {"key": "/team-c/extracted", "property": "settings"}
+        ])
+    );
+}
+
+#[test]
+fn a_v1alpha1_data_from_entry_mixing_both_shapes_is_refused_naming_it() {
+    let mut object = fixture("conversion/v1alpha1-externalsecret-datafrom-later-shape.yaml");
+    object["spec"]["dataFrom"][1]["key"] = json!("/team-c/also-flat");
+    let error = convert_object(object, Version::V1).unwrap_err().to_string();
+    assert!(
+        error.starts_with("spec.dataFrom[1]: mixes v1alpha1's flat remote reference (key)")
+            && error.contains("(extract)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn v1alpha1_kubernetes_service_account_loses_its_extra_wrapper_in_v1() {
+    let original = fixture("v1alpha1/secretstore-kubernetes-serviceaccount.yaml");
+    let v1 = convert_object(original.clone(), Version::V1).unwrap();
+    assert_eq!(
+        v1["spec"]["provider"]["kubernetes"]["auth"]["serviceAccount"],
+        original["spec"]["provider"]["kubernetes"]["auth"]["serviceAccount"]["serviceAccount"]
+    );
+    assert!(
+        v1["metadata"].get("annotations").is_none(),
+        "an exact inverse needs no stash"
+    );
+    let beta = convert_object(v1, Version::V1Beta1).unwrap();
+    assert_eq!(
+        beta["spec"]["provider"]["kubernetes"]["auth"]["serviceAccount"]["name"],
+        "secret-reader"
+    );
+}
+
+#[test]
+fn v1alpha1_fake_value_map_becomes_a_json_value() {
+    let original = fixture("v1alpha1/clustersecretstore-fake-valuemap.yaml");
+    let v1 = convert_object(original.clone(), Version::V1).unwrap();
+    let entry = &v1["spec"]["provider"]["fake"]["data"][2];
+    assert_eq!(entry.get("valueMap"), None);
+    let value: Value = serde_json::from_str(entry["value"].as_str().unwrap()).unwrap();
+    assert_eq!(value, json!({"colour": "teal", "size": "large"}));
+    assert_eq!(
+        v1["spec"]["provider"]["fake"]["data"][0],
+        original["spec"]["provider"]["fake"]["data"][0]
+    );
+    assert_eq!(
+        stash(&v1)["v1alpha1"][0]["path"],
+        "/spec/provider/fake/data/2"
+    );
 }
 
 /// A ConversionReview as the kube-apiserver posts it.

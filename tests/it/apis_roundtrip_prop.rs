@@ -342,23 +342,50 @@ fn external_secret(version: Version) -> S {
     object(version, "ExternalSecret", true, obj(spec), status)
 }
 
-fn provider() -> S {
+/// A provider block of `version`; `v1alpha1` has its own Kubernetes
+/// ServiceAccount nesting and fake `valueMap`.
+fn provider(version: Version) -> S {
+    let alpha = version == Version::V1Alpha1;
     let selector = obj(vec![("name", req(name())), ("key", req(key()))]);
+    // An entry without `value` and `valueMap` passes upstream's v1alpha1
+    // schema but its webhook refuses it, as keyhook's does.
+    let fake_entry = if alpha {
+        prop_oneof![
+            obj(vec![
+                ("key", req(key())),
+                ("value", req(text())),
+                ("valueMap", opt(string_map(text()))),
+                ("version", opt(key())),
+            ]),
+            obj(vec![
+                ("key", req(key())),
+                ("valueMap", req(string_map(text()))),
+                ("version", opt(key())),
+            ]),
+        ]
+        .boxed()
+    } else {
+        obj(vec![
+            ("key", req(key())),
+            ("value", req(text())),
+            ("version", opt(key())),
+        ])
+    };
+    let service_account = obj(vec![("name", req(name()))]);
+    let kubernetes_auth = if alpha {
+        req(obj(vec![(
+            "serviceAccount",
+            req(obj(vec![("serviceAccount", req(service_account))])),
+        )]))
+    } else {
+        opt(obj(vec![("serviceAccount", req(service_account))]))
+    };
     prop_oneof![
         obj(vec![(
             "fake",
             req(obj(vec![(
                 "data",
-                req(vec(
-                    obj(vec![
-                        ("key", req(key())),
-                        ("value", req(text())),
-                        ("version", opt(key()))
-                    ]),
-                    0..3
-                )
-                .prop_map(Value::from)
-                .boxed()),
+                req(vec(fake_entry, 0..3).prop_map(Value::from).boxed()),
             )])),
         )]),
         obj(vec![(
@@ -404,13 +431,7 @@ fn provider() -> S {
             "kubernetes",
             req(obj(vec![
                 ("remoteNamespace", opt(name())),
-                (
-                    "auth",
-                    opt(obj(vec![(
-                        "serviceAccount",
-                        req(obj(vec![("name", req(name()))]))
-                    )]))
-                ),
+                ("auth", kubernetes_auth),
             ])),
         )]),
         obj(vec![(
@@ -458,7 +479,7 @@ fn provider() -> S {
 fn store(version: Version, kind: &'static str) -> S {
     let mut spec = vec![
         ("controller", opt(name())),
-        ("provider", req(provider())),
+        ("provider", req(provider(version))),
         (
             "retrySettings",
             opt(obj(vec![

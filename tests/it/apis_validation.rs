@@ -84,24 +84,21 @@ fn es() -> Value {
 
 #[test]
 fn upstream_manifests_of_every_version_are_allowed() {
-    for path in [
-        "v1alpha1/externalsecret-template-v1.yaml",
-        "v1alpha1/secretstore-vault.yaml",
-        "v1alpha1/clustersecretstore-aws.yaml",
-        "v1beta1/externalsecret-full.yaml",
-        "v1beta1/secretstore-kubernetes.yaml",
-        "v1beta1/clustersecretstore-gcpsm.yaml",
-        "v1/externalsecret-full.yaml",
-        "v1/secretstore-onepassword.yaml",
-        "v1/clustersecretstore-fake.yaml",
-        "v1/secretstore-openbao.yaml",
-        "v1/secretstore-doppler.yaml",
-    ] {
+    for (path, object) in crate::apis_schemas::fixtures() {
+        // As the apiserver sends it: defaulted by the CRD's schema.
+        let schema = crate::apis_schemas::keyhook_schema(
+            object["kind"].as_str().unwrap(),
+            crate::apis_schemas::version_of(&object),
+        );
+        let stored = crate::support::schema::admit(&schema, &object)
+            .unwrap()
+            .stored;
         for operation in ["CREATE", "UPDATE"] {
-            let response = validate(&admission(operation, &fixture(path)));
+            let response = validate(&admission(operation, &stored));
             assert!(
                 response.allowed,
-                "{path} {operation}: {}",
+                "{} {operation}: {}",
+                path.display(),
                 response.result.message
             );
         }
@@ -312,4 +309,32 @@ fn per_kind_handlers_refuse_other_kinds() {
     assert!(!response.allowed && response.result.message.contains("ExternalSecret"));
     let cluster = fixture("v1/clustersecretstore-fake.yaml");
     assert!(validate_cluster_secret_store(&admission("CREATE", &cluster)).allowed);
+}
+
+#[test]
+fn removed_template_helpers_are_admitted_with_a_warning() {
+    let object = fixture("v1alpha1/externalsecret-template-v1.yaml");
+    let response = check(&object);
+    assert!(response.allowed, "{}", response.result.message);
+    assert_eq!(
+        response.warnings.unwrap_or_default(),
+        [
+            "spec.target.template.data[tls.crt] calls pemCertificate, which template engine v2 removed: rendering it will fail",
+            "spec.target.template.data[tls.key] calls pemPrivateKey, which template engine v2 removed: rendering it will fail",
+        ]
+    );
+    assert!(check(&es()).warnings.is_none());
+}
+
+#[test]
+fn an_object_without_spec_is_refused_naming_what_it_lacks() {
+    let mut object = es();
+    object.as_object_mut().unwrap().remove("spec");
+    assert_denied(
+        &object,
+        &["spec: either spec.data or spec.dataFrom must be set"],
+    );
+    let mut store = fixture("v1/secretstore-onepassword.yaml");
+    store.as_object_mut().unwrap().remove("spec");
+    assert_denied(&store, &["spec", "provider"]);
 }

@@ -4,9 +4,12 @@
 mod support;
 
 mod apis_conversion;
+mod apis_convert_cli;
 mod apis_crds;
 mod apis_offline;
 mod apis_roundtrip_prop;
+mod apis_schemas;
+mod apis_upstream;
 mod apis_validation;
 mod cert_rotation;
 mod chart;

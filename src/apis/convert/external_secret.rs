@@ -33,11 +33,55 @@ pub(super) fn up(
     if from == Version::V1Alpha1
         && let Some(entries) = array_at(object, DATA_FROM)?
     {
-        for entry in entries.iter_mut() {
-            *entry = Value::Object(Map::from_iter([("extract".to_owned(), entry.take())]));
+        for (i, entry) in entries.iter_mut().enumerate() {
+            if alpha_entry_shape(i, entry)? == EntryShape::Flat {
+                *entry = Value::Object(Map::from_iter([("extract".to_owned(), entry.take())]));
+            }
         }
     }
     upgrade_template_engine(from, object, recorder)
+}
+
+/// Fields of a `v1alpha1` flat `dataFrom[]` remote reference.
+const FLAT_FIELDS: [&str; 4] = ["key", "property", "version", "conversionStrategy"];
+/// Fields only a `v1beta1`/`v1` `dataFrom[]` entry has.
+const HUB_FIELDS: [&str; 4] = ["extract", "find", "rewrite", "sourceRef"];
+
+/// What a `dataFrom[]` entry of a `v1alpha1` object looks like.
+#[derive(Debug, PartialEq, Eq)]
+enum EntryShape {
+    /// `v1alpha1`'s own flat remote reference: wrap it in `extract`.
+    Flat,
+    /// Already the later shape (upstream's docs have such snippets under
+    /// `v1alpha1`): keep it, never nest it a second time.
+    Hub,
+}
+
+fn alpha_entry_shape(index: usize, entry: &Value) -> Result<EntryShape, ConversionError> {
+    let Value::Object(map) = entry else {
+        return Ok(EntryShape::Flat);
+    };
+    let flat: Vec<&str> = FLAT_FIELDS
+        .into_iter()
+        .filter(|f| map.contains_key(*f))
+        .collect();
+    let hub: Vec<&str> = HUB_FIELDS
+        .into_iter()
+        .filter(|f| map.contains_key(*f))
+        .collect();
+    match (flat.is_empty(), hub.is_empty()) {
+        (_, true) => Ok(EntryShape::Flat),
+        (true, false) => Ok(EntryShape::Hub),
+        (false, false) => Err(ConversionError::InvalidField {
+            field: format!("spec.dataFrom[{index}]"),
+            reason: format!(
+                "mixes v1alpha1's flat remote reference ({}) with the v1beta1 entry shape ({}); \
+                 keep one of the two",
+                flat.join(", "),
+                hub.join(", "),
+            ),
+        }),
+    }
 }
 
 /// Hub → spoke.
@@ -47,12 +91,35 @@ pub(super) fn down(
     recorder: &mut Recorder,
 ) -> Result<(), ConversionError> {
     map_creation_policy(to, object, recorder)?;
+    if to == Version::V1Beta1 {
+        project(
+            object,
+            TEMPLATE_FROM,
+            recorder,
+            beta_template_from,
+            Clone::clone,
+        )?;
+    }
     if to != Version::V1Alpha1 {
         return Ok(());
     }
     for path in V1_ONLY_IN_ALPHA {
         if let Some(value) = remove(object, path) {
             recorder.note(path, Some(value), None);
+        }
+    }
+    // v1alpha1 requires both; every field of them is optional, so an empty
+    // one says what an absent one did.
+    if let Some(spec) = object_at(object, "/spec")? {
+        for field in ["secretStoreRef", "target"] {
+            if !spec.contains_key(field) {
+                spec.insert(field.to_owned(), Value::Object(Map::new()));
+                recorder.note(
+                    &format!("/spec/{field}"),
+                    None,
+                    Some(Value::Object(Map::new())),
+                );
+            }
         }
     }
     // v1alpha1 defaults the engine to v1: a template that relied on the v2
@@ -169,15 +236,39 @@ fn project(
     Ok(())
 }
 
-/// A `templateFrom` entry without `target`, `literal` and `templateAs`;
-/// dropped when nothing is left.
+/// Where `v1beta1` lets template output go; `v1` also takes a path inside
+/// `spec.target.manifest`.
+const BETA_TEMPLATE_TARGETS: [&str; 3] = ["Data", "Annotations", "Labels"];
+
+/// A `templateFrom` entry whose `target` is a manifest path, without that
+/// target (`v1beta1` has no manifests).
+fn beta_template_from(entry: &Value) -> Option<Value> {
+    let mut entry = entry.clone();
+    if let Some(map) = entry.as_object_mut()
+        && map
+            .get("target")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !BETA_TEMPLATE_TARGETS.contains(&t))
+    {
+        map.remove("target");
+    }
+    Some(entry)
+}
+
+/// A `templateFrom` entry without what `v1alpha1` lacks (`target`,
+/// `literal`, `valuesDecodingStrategy`, `items[].templateAs`); dropped when
+/// it reads neither a ConfigMap nor a Secret, the only sources `v1alpha1` has.
 fn alpha_template_from(entry: &Value) -> Option<Value> {
     let Value::Object(map) = entry else {
         return Some(entry.clone());
     };
+    if !map.contains_key("configMap") && !map.contains_key("secret") {
+        return None;
+    }
     let mut map = map.clone();
-    map.remove("target");
-    map.remove("literal");
+    for field in ["target", "literal", "valuesDecodingStrategy"] {
+        map.remove(field);
+    }
     for source in ["configMap", "secret"] {
         if let Some(Value::Array(items)) = map
             .get_mut(source)
@@ -189,7 +280,7 @@ fn alpha_template_from(entry: &Value) -> Option<Value> {
             }
         }
     }
-    (!map.is_empty()).then_some(Value::Object(map))
+    Some(Value::Object(map))
 }
 
 /// A `data[]` entry without `sourceRef` and the v1-only remote-ref fields.

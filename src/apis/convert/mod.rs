@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::{Kind, Version};
 pub(crate) use secret_store::go_duration_seconds as secret_store_refresh_interval;
 use stash::{Recorder, Stash};
+pub use template::{REMOVED_HELPERS, removed_helpers};
 
 /// Why an object could not be converted. Messages name the field; they never
 /// echo field values.

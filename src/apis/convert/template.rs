@@ -5,11 +5,14 @@
 //! `toString` kept working through sprig. Those renames are applied inside
 //! `{{ … }}` actions; text outside actions is never touched. Helpers upstream
 //! removed without a replacement (`toBytes`, `pemPrivateKey`,
-//! `pemCertificate`) cannot be mapped and are left as written.
+//! `pemCertificate`) cannot be mapped: they are left as written, and
+//! [`removed_helpers`] finds them so that `keyhook convert` and the validating
+//! webhook can warn that rendering will fail.
 
 use std::sync::LazyLock;
 
 use regex::{Captures, Regex};
+use serde_json::Value;
 
 /// `(old, new)` helper names.
 const RENAMES: [(&str, &str); 4] = [
@@ -26,6 +29,54 @@ static ACTION: LazyLock<Regex> =
 static HELPER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(^|[^.\w$])(base64encode|base64decode|fromJSON|toJSON)\b").expect("constant regex")
 });
+static REMOVED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(^|[^.\w$])(toBytes|pemPrivateKey|pemCertificate)\b").expect("constant regex")
+});
+
+/// Helpers engine `v1` had and `v2` dropped without a replacement.
+pub const REMOVED_HELPERS: [&str; 3] = ["toBytes", "pemPrivateKey", "pemCertificate"];
+
+const TEMPLATE_DATA: &str = "/spec/target/template/data";
+const TEMPLATE_FROM: &str = "/spec/target/template/templateFrom";
+
+/// Every use of a [removed helper](REMOVED_HELPERS) in the engine-`v2`
+/// templates of a `v1` ExternalSecret (`template.data` and
+/// `templateFrom[].literal`), as `(field, helper)`.
+pub fn removed_helpers(hub: &Value) -> Vec<(String, &'static str)> {
+    let mut found = Vec::new();
+    if let Some(Value::Object(data)) = hub.pointer(TEMPLATE_DATA) {
+        for (key, template) in data {
+            if let Value::String(text) = template {
+                let field = format!("spec.target.template.data[{key}]");
+                found.extend(helpers_in(text).into_iter().map(|h| (field.clone(), h)));
+            }
+        }
+    }
+    if let Some(Value::Array(entries)) = hub.pointer(TEMPLATE_FROM) {
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(Value::String(text)) = entry.get("literal") {
+                let field = format!("spec.target.template.templateFrom[{i}].literal");
+                found.extend(helpers_in(text).into_iter().map(|h| (field.clone(), h)));
+            }
+        }
+    }
+    found
+}
+
+/// Removed helpers called inside the `{{ … }}` actions of `template`, each
+/// once, in [`REMOVED_HELPERS`] order.
+fn helpers_in(template: &str) -> Vec<&'static str> {
+    let mut used = Vec::new();
+    for action in ACTION.find_iter(template) {
+        for helper in REMOVED.captures_iter(action.as_str()) {
+            used.extend(REMOVED_HELPERS.iter().copied().filter(|h| *h == &helper[2]));
+        }
+    }
+    REMOVED_HELPERS
+        .into_iter()
+        .filter(|h| used.contains(h))
+        .collect()
+}
 
 /// Rewrites one engine-`v1` template into its engine-`v2` form.
 pub(crate) fn v1_to_v2(template: &str) -> String {
@@ -46,7 +97,7 @@ pub(crate) fn v1_to_v2(template: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::v1_to_v2;
+    use super::{removed_helpers, v1_to_v2};
 
     #[test]
     fn renames_helpers_inside_actions_only() {
@@ -57,6 +108,32 @@ mod tests {
             "user: {{ .creds | fromJson }} base64encode {{ .a | b64dec | toString }}"
         );
         assert_eq!(v1_to_v2("{{ toJSON .x }}"), "{{ toJson .x }}");
+    }
+
+    #[test]
+    fn finds_removed_helpers_inside_actions_only() {
+        let hub = serde_json::json!({"spec": {"target": {"template": {
+            "data": {
+                "tls.key": "{{ .k | pkcs12key | pemPrivateKey }}",
+                "note": "pemCertificate is gone; {{ .x | toBytes }} {{ .y | toBytes }}",
+                "ok": "{{ .v | b64dec }}"
+            },
+            "templateFrom": [{"literal": "{{ .c | pemCertificate }}"}, {"configMap": {}}]
+        }}}});
+        assert_eq!(
+            removed_helpers(&hub),
+            [
+                ("spec.target.template.data[note]".to_owned(), "toBytes"),
+                (
+                    "spec.target.template.data[tls.key]".to_owned(),
+                    "pemPrivateKey"
+                ),
+                (
+                    "spec.target.template.templateFrom[0].literal".to_owned(),
+                    "pemCertificate"
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! chosen time.
 
 pub mod backends;
+pub mod cel;
 pub mod cluster_objects;
+pub mod diff;
 pub mod fake_apiserver;
 pub mod injection;
 pub mod scenarios;
+pub mod schema;
 pub mod server;
 pub mod tls;
 
