@@ -12,11 +12,12 @@ use tokio::time::Instant;
 
 use http::StatusCode;
 use kube::core::{
-    Resource, Status, TypeMeta,
-    admission::{AdmissionRequest, AdmissionResponse},
+    DynamicObject, GroupVersionKind, GroupVersionResource, Resource, Status, TypeMeta,
+    admission::{AdmissionRequest, AdmissionResponse, Operation},
     conversion::{ConversionRequest, ConversionResponse},
 };
 use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
 
 const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 const CONVERSION_API_VERSION: &str = "apiextensions.k8s.io/v1";
@@ -78,13 +79,61 @@ impl ReviewError {
 /// `AdmissionReview` flattens its type fields, which makes serde buffer the
 /// whole body before decoding it, doubling the cost of every review.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", bound = "T: DeserializeOwned + Resource")]
-struct AdmissionEnvelope<T: Resource> {
+#[serde(rename_all = "camelCase", bound = "O: Deserialize<'de>")]
+struct AdmissionEnvelope<O> {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<Box<AdmissionRequest<T>>>,
+    request: Option<ReadRequest<O>>,
+}
+
+/// The parts of an admission request keyhook's webhooks read. The rest
+/// (`userInfo`, `oldObject`, `options`, the `request*` fields) is skipped
+/// while decoding, never built: it is as much as a third of a pod review's
+/// decoding, and `oldObject` doubles an update's memory.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", bound = "O: Deserialize<'de>")]
+struct ReadRequest<O> {
+    uid: String,
+    kind: GroupVersionKind,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    object: Option<O>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl<O> ReadRequest<O> {
+    /// kube's request type, with what was skipped left empty, and the object
+    /// apart.
+    fn into_parts<T: Resource>(self, types: TypeMeta) -> (AdmissionRequest<T>, Option<O>) {
+        let request = AdmissionRequest {
+            types,
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            request_kind: None,
+            request_resource: None,
+            request_sub_resource: None,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            user_info: Default::default(),
+            object: None,
+            old_object: None,
+            dry_run: self.dry_run,
+            options: None,
+        };
+        (request, self.object)
+    }
 }
 
 /// A ConversionReview as it arrives; see [`AdmissionEnvelope`].
@@ -101,19 +150,41 @@ struct ConversionEnvelope {
 /// Decodes an `admission.k8s.io/v1` AdmissionReview and returns its request,
 /// with the object as `T` (a typed resource, or a `DynamicObject`).
 ///
-/// The request is boxed where serde builds it: it is ~1.5 KB, and would
-/// otherwise be copied out of the review, out of this function and into
-/// the handler's future.
+/// The request is boxed where it is built: it is ~1.5 KB, and would
+/// otherwise be copied out of this function and into the handler's future.
 pub fn decode_admission<T>(body: &[u8]) -> Result<Box<AdmissionRequest<T>>, ReviewError>
 where
     T: Resource + DeserializeOwned,
 {
+    let (request, types) = decode_request::<T>(body)?;
+    let (request, object) = request.into_parts(types);
+    let mut request = Box::new(request);
+    request.object = object;
+    Ok(request)
+}
+
+/// Decodes an `admission.k8s.io/v1` AdmissionReview, keeping its object as
+/// the JSON text it was sent as, borrowed from `body` (`request.object` is
+/// left empty).
+pub fn decode_admission_raw(
+    body: &[u8],
+) -> Result<(Box<AdmissionRequest<DynamicObject>>, Option<&RawValue>), ReviewError> {
+    let (request, types) = decode_request::<&RawValue>(body)?;
+    let (request, object) = request.into_parts(types);
+    Ok((Box::new(request), object))
+}
+
+/// The request of an admission review whose object decodes as `O`, and the
+/// review's type fields, which the response echoes.
+fn decode_request<'a, O: Deserialize<'a>>(
+    body: &'a [u8],
+) -> Result<(ReadRequest<O>, TypeMeta), ReviewError> {
     let malformed = |reason: String| ReviewError::Malformed {
         expected: "AdmissionReview",
         api_version: ADMISSION_API_VERSION,
         reason,
     };
-    let envelope: AdmissionEnvelope<T> = decode_json(body).map_err(|e| {
+    let envelope: AdmissionEnvelope<O> = decode_json(body).map_err(|e| {
         malformed(type_error(body, "AdmissionReview", ADMISSION_API_VERSION).unwrap_or(e))
     })?;
     check_type(
@@ -123,15 +194,15 @@ where
         ADMISSION_API_VERSION,
     )
     .map_err(malformed)?;
-    let mut request = envelope
+    let request = envelope
         .request
         .ok_or_else(|| malformed("it has no `request`".into()))?;
     // The response echoes these; kube's own conversion copies them the same way.
-    request.types = TypeMeta {
+    let types = TypeMeta {
         api_version: envelope.api_version,
         kind: envelope.kind,
     };
-    Ok(request)
+    Ok((request, types))
 }
 
 /// Decodes an `apiextensions.k8s.io/v1` ConversionReview and returns its
@@ -169,7 +240,7 @@ pub fn decode_conversion(body: &[u8]) -> Result<ConversionRequest, ReviewError> 
 /// The body is checked to be UTF-8 once, up front: decoding from a `&str`
 /// then skips serde_json's check of every string it reads, a sixth of the
 /// decode of a pod review.
-fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+fn decode_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
     let body = std::str::from_utf8(body).map_err(|e| {
         format!(
             "it is not UTF-8 text (JSON must be): invalid byte at offset {}",

@@ -17,7 +17,9 @@ pub mod v1beta1;
 pub mod validate;
 
 pub use convert::stash::ANNOTATION as CONVERSION_ANNOTATION;
-pub use convert::{ConversionError, REMOVED_HELPERS, convert_object, removed_helpers};
+pub use convert::{
+    ConversionError, REMOVED_HELPERS, convert_object, removed_helpers, removed_helpers_in_template,
+};
 pub use crds::{crds, crds_yaml};
 pub use offline::{Converted, OfflineError, Warning, convert_documents};
 pub use review::convert_review;

@@ -280,9 +280,10 @@ pub struct ExternalSecretData {
     pub secret_key: String,
     /// The remote value.
     pub remote_ref: ExternalSecretDataRemoteRef,
-    /// Overrides the store this key is read from.
+    /// Overrides the store this key is read from. Boxed: it is rarely set,
+    /// and an ExternalSecret can hold tens of thousands of entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_ref: Option<StoreSourceRef>,
+    pub source_ref: Option<Box<StoreSourceRef>>,
 }
 
 /// A remote value: `data[].remoteRef` and `dataFrom[].extract`.

@@ -11,10 +11,15 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use kube::core::DynamicObject;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
-use serde::de::DeserializeOwned;
+use kube::core::{DynamicObject, GroupVersionKind};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::convert::field_name;
 use super::convert::secret_store_refresh_interval;
@@ -22,7 +27,7 @@ use super::v1::{
     CreationPolicy, DeletionPolicy, ExternalSecretDataFromRemoteRef, ExternalSecretSpec,
     IntOrString, SecretStoreSpec,
 };
-use super::{Kind, Version, convert_object, removed_helpers};
+use super::{GROUP, Kind, Version, convert_object, removed_helpers, removed_helpers_in_template};
 
 /// Secret type that an ExternalSecret must not produce: bootstrap tokens
 /// grant cluster join rights.
@@ -58,6 +63,25 @@ pub fn validate_cluster_secret_store(
 }
 
 fn validate_kind(kind: Kind, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let object = request
+        .object
+        .as_ref()
+        .map(|object| serde_json::value::to_raw_value(object).map_err(|e| format!("object: {e}")));
+    match object.transpose() {
+        Ok(object) => validate_raw(kind, request, object.as_deref()),
+        Err(message) => AdmissionResponse::from(request).deny(message),
+    }
+}
+
+/// Validates a request whose object is given as the JSON the apiserver
+/// sent (`request.object` is not read): the webhook decodes a review this
+/// way, so that a `v1` object is read straight into its typed spec, never
+/// into a tree of JSON values.
+pub fn validate_raw<T: kube::Resource>(
+    kind: Kind,
+    request: &AdmissionRequest<T>,
+    object: Option<&RawValue>,
+) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
     if request.operation == Operation::Delete {
         return response;
@@ -69,21 +93,25 @@ fn validate_kind(kind: Kind, request: &AdmissionRequest<DynamicObject>) -> Admis
             request.kind.kind
         ));
     }
-    let Some(object) = &request.object else {
+    let Some(object) = object else {
         return response.deny(format!("{} request without an object", kind.as_str()));
     };
-    match violations(kind, request, object) {
-        Ok(Findings { denials, warnings }) if denials.is_empty() => {
+    let outcome = match V1Object::read(&request.kind, object) {
+        Some(v1) => v1.and_then(|v1| v1_findings(kind, v1)),
+        None => hub_findings(kind, &request.kind, object),
+    };
+    match outcome {
+        Ok((_, Findings { denials, warnings })) if denials.is_empty() => {
             let mut response = response;
             if !warnings.is_empty() {
                 response.warnings = Some(warnings);
             }
             response
         }
-        Ok(Findings { denials: found, .. }) => response.deny(format!(
+        Ok((name, Findings { denials: found, .. })) => response.deny(format!(
             "{} {} is invalid: {}",
             kind.as_str(),
-            object.metadata.name.as_deref().unwrap_or(&request.name),
+            name.as_deref().unwrap_or(&request.name),
             found.join("; ")
         )),
         Err(message) => response.deny(message),
@@ -98,18 +126,120 @@ struct Findings {
     warnings: Vec<String>,
 }
 
-/// Checks the object against every rule.
-fn violations(
+/// A `v1` object as sent: its name, and its `spec` still as JSON text.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct V1Object<'a> {
+    #[serde(default, borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(default)]
+    metadata: Option<NameOnly>,
+    #[serde(default, borrow)]
+    spec: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct NameOnly {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl<'a> V1Object<'a> {
+    /// The object, when the request is for `v1` and the object is one:
+    /// `None` sends it down the conversion path.
+    fn read(request_kind: &GroupVersionKind, object: &'a RawValue) -> Option<Result<Self, String>> {
+        if request_kind.group != GROUP || request_kind.version != Version::V1.as_str() {
+            return None;
+        }
+        match serde_json::from_str::<V1Object<'_>>(object.get()) {
+            Ok(v1) => match v1.api_version.as_deref() {
+                None => Some(Ok(v1)),
+                Some(version) if version == Version::V1.api_version() => Some(Ok(v1)),
+                Some(_) => None,
+            },
+            // Not an object of the expected shape: the conversion path
+            // names what is wrong.
+            Err(_) => None,
+        }
+    }
+}
+
+/// The rules, read off a `v1` object's typed spec.
+fn v1_findings(kind: Kind, object: V1Object<'_>) -> Result<(Option<String>, Findings), String> {
+    // A missing `spec` reads as an empty one, so each rule names what is
+    // missing from it.
+    let spec = object
+        .spec
+        .map(RawValue::get)
+        .filter(|spec| *spec != "null")
+        .unwrap_or("{}");
+    let read = |spec| serde_json::Deserializer::from_str(spec);
+    let findings = match kind {
+        Kind::ExternalSecret => {
+            let spec: ExternalSecretSpec = typed(&mut read(spec))?;
+            let warnings = spec
+                .target
+                .as_ref()
+                .and_then(|target| target.template.as_ref())
+                .map(|template| removed_helper_warnings(removed_helpers_in_template(template)))
+                .unwrap_or_default();
+            Findings {
+                denials: external_secret(&spec),
+                warnings,
+            }
+        }
+        Kind::SecretStore | Kind::ClusterSecretStore => {
+            let blocks: ProviderBlocks = serde_json::from_str(spec).unwrap_or_default();
+            let mut denials = provider_count(
+                blocks
+                    .provider
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(name, Set(set))| set.then_some(name)),
+            );
+            denials.extend(store(&typed::<_, SecretStoreSpec>(&mut read(spec))?));
+            Findings {
+                denials,
+                warnings: Vec::new(),
+            }
+        }
+    };
+    Ok((object.metadata.and_then(|m| m.name), findings))
+}
+
+/// The provider blocks of a store's spec, by name: whether each is set.
+#[derive(Default, Deserialize)]
+struct ProviderBlocks {
+    #[serde(default)]
+    provider: Option<BTreeMap<String, Set>>,
+}
+
+/// Whether a value is set (not `null`); the value itself is skipped.
+struct Set(bool);
+
+impl<'de> Deserialize<'de> for Set {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Option::<IgnoredAny>::deserialize(deserializer).map(|value| Set(value.is_some()))
+    }
+}
+
+/// The rules, read off the object converted to `v1` (any version).
+fn hub_findings(
     kind: Kind,
-    request: &AdmissionRequest<DynamicObject>,
-    object: &DynamicObject,
-) -> Result<Findings, String> {
-    let mut value = serde_json::to_value(object).map_err(|e| format!("object: {e}"))?;
+    request_kind: &GroupVersionKind,
+    object: &RawValue,
+) -> Result<(Option<String>, Findings), String> {
+    let mut value: Value =
+        serde_json::from_str(object.get()).map_err(|e| format!("object: {e}"))?;
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     if let Some(map) = value.as_object_mut() {
-        let group_version = if request.kind.group.is_empty() {
-            request.kind.version.clone()
+        let group_version = if request_kind.group.is_empty() {
+            request_kind.version.clone()
         } else {
-            format!("{}/{}", request.kind.group, request.kind.version)
+            format!("{}/{}", request_kind.group, request_kind.version)
         };
         map.entry("apiVersion")
             .or_insert(Value::String(group_version));
@@ -122,7 +252,7 @@ fn violations(
         Kind::SecretStore | Kind::ClusterSecretStore => store_providers(&hub),
     };
     let warnings = match kind {
-        Kind::ExternalSecret => removed_helper_warnings(&hub),
+        Kind::ExternalSecret => removed_helper_warnings(removed_helpers(&hub)),
         Kind::SecretStore | Kind::ClusterSecretStore => Vec::new(),
     };
     // A missing `spec` reads as an empty one, so each rule names what is
@@ -132,20 +262,20 @@ fn violations(
         Some(spec) => spec,
     };
     let denials = match kind {
-        Kind::ExternalSecret => external_secret(&typed::<ExternalSecretSpec>(spec)?),
+        Kind::ExternalSecret => external_secret(&typed::<_, ExternalSecretSpec>(spec)?),
         Kind::SecretStore | Kind::ClusterSecretStore => {
             let mut found = providers;
-            found.extend(store(&typed::<SecretStoreSpec>(spec)?));
+            found.extend(store(&typed::<_, SecretStoreSpec>(spec)?));
             found
         }
     };
-    Ok(Findings { denials, warnings })
+    Ok((name, Findings { denials, warnings }))
 }
 
 /// Templates that call a helper engine `v2` removed are admitted as
 /// upstream admits them, with a warning: they fail only when rendered.
-fn removed_helper_warnings(hub: &Value) -> Vec<String> {
-    removed_helpers(hub)
+fn removed_helper_warnings(found: Vec<(String, &'static str)>) -> Vec<String> {
+    found
         .into_iter()
         .map(|(field, helper)| {
             format!(
@@ -156,7 +286,7 @@ fn removed_helper_warnings(hub: &Value) -> Vec<String> {
 }
 
 /// Reads `spec` into its `v1` type; a shape error names the field.
-fn typed<T: DeserializeOwned>(spec: Value) -> Result<T, String> {
+fn typed<'de, D: Deserializer<'de>, T: Deserialize<'de>>(spec: D) -> Result<T, String> {
     serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
@@ -164,8 +294,23 @@ fn typed<T: DeserializeOwned>(spec: Value) -> Result<T, String> {
         } else {
             format!("spec.{path}")
         };
-        format!("{field}: {}", redact(&e.into_inner().to_string()))
+        format!(
+            "{field}: {}",
+            redact(without_position(&e.into_inner().to_string()))
+        )
     })
+}
+
+/// A serde_json message without the " at line 1 column 20" it ends with
+/// when read from text: the field path says where, in terms of the object.
+fn without_position(message: &str) -> &str {
+    static POSITION: LazyLock<Regex> = LazyLock::new(|| {
+        // Constant pattern, exercised by the tests: cannot fail at run time.
+        Regex::new(r" at line \d+ column \d+$").expect("constant regex")
+    });
+    POSITION
+        .find(message)
+        .map_or(message, |position| &message[..position.start()])
 }
 
 /// Drops the offending value from a serde message ("invalid type: string
@@ -286,17 +431,20 @@ fn data_from_entry(i: usize, entry: &ExternalSecretDataFromRemoteRef) -> Option<
 /// Exactly one provider block, counted on the raw object so that providers
 /// this crate does not model count too.
 fn store_providers(hub: &Value) -> Vec<String> {
-    let blocks: Vec<&str> = hub
+    let blocks = hub
         .pointer("/spec/provider")
         .and_then(Value::as_object)
-        .map(|provider| {
-            provider
-                .iter()
-                .filter(|(_, block)| !block.is_null())
-                .map(|(name, _)| name.as_str())
-                .collect()
-        })
-        .unwrap_or_default();
+        .into_iter()
+        .flatten()
+        .filter(|(_, block)| !block.is_null())
+        .map(|(name, _)| name.clone());
+    provider_count(blocks)
+}
+
+/// The denial, if any, for a store whose set provider blocks are `blocks`
+/// (in name order).
+fn provider_count(blocks: impl Iterator<Item = String>) -> Vec<String> {
+    let blocks: Vec<String> = blocks.collect();
     match blocks.len() {
         1 => Vec::new(),
         0 => vec!["spec.provider: exactly one provider block must be set, found none".to_owned()],
@@ -330,4 +478,106 @@ fn store(spec: &SecretStoreSpec) -> Vec<String> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The name, denials and warnings found, or why the object was refused.
+    type Outcome = Result<(Option<String>, Vec<String>, Vec<String>), String>;
+
+    /// A change to make to a fixture.
+    type Mutation = Box<dyn Fn(&mut Value)>;
+
+    /// Both paths to the rules, for a `v1` object: read typed straight from
+    /// its JSON, and converted to the hub as any other version is.
+    fn both_paths(object: &Value) -> [Outcome; 2] {
+        let kind = Kind::from_name(object["kind"].as_str().unwrap()).unwrap();
+        let request_kind = GroupVersionKind::gvk(GROUP, "v1", kind.as_str());
+        let raw = serde_json::value::to_raw_value(object).unwrap();
+        let flatten = |found: Result<(Option<String>, Findings), String>| {
+            found.map(|(name, f)| (name, f.denials, f.warnings))
+        };
+        let v1 = V1Object::read(&request_kind, &raw)
+            .expect("a v1 object takes the typed path")
+            .and_then(|v1| v1_findings(kind, v1));
+        [
+            flatten(v1),
+            flatten(hub_findings(kind, &request_kind, &raw)),
+        ]
+    }
+
+    fn fixtures() -> Vec<Value> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apis/v1");
+        let mut objects = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            objects.extend(serde_saphyr::from_multiple::<Value>(&text).unwrap());
+        }
+        objects
+    }
+
+    #[test]
+    fn the_typed_path_finds_what_the_hub_path_finds() {
+        let mut cases = Vec::new();
+        for object in fixtures() {
+            let mutations: Vec<Mutation> = match object["kind"].as_str() {
+                Some("ExternalSecret") => vec![
+                    Box::new(|_| {}),
+                    Box::new(|o| {
+                        o["spec"]["target"]["creationPolicy"] = json!("Merge");
+                        o["spec"]["target"]["deletionPolicy"] = json!("Delete");
+                    }),
+                    Box::new(|o| {
+                        o["spec"]["data"] = json!([]);
+                        o["spec"]["dataFrom"] = json!([]);
+                    }),
+                    Box::new(|o| {
+                        o["spec"]["data"] = json!([
+                            {"secretKey": "a", "remoteRef": {"key": "k"}},
+                            {"secretKey": "a", "remoteRef": {"key": "k"}, "sourceRef": {}}
+                        ]);
+                        o["spec"]["dataFrom"] =
+                            json!([{"extract": {"key": "k"}, "find": {"path": "p"}}]);
+                    }),
+                    Box::new(|o| o["spec"]["refreshInterval"] = json!("soon")),
+                    Box::new(|o| o["spec"]["data"] = json!("not a list")),
+                    Box::new(|o| {
+                        o["spec"]["target"]["template"]["data"] =
+                            json!({"tls.crt": "{{ .cert | pemCertificate }}"});
+                    }),
+                    Box::new(|o| o["spec"] = Value::Null),
+                    Box::new(|o| {
+                        o.as_object_mut().unwrap().remove("spec");
+                    }),
+                ],
+                _ => vec![
+                    Box::new(|_| {}),
+                    Box::new(|o| o["spec"]["provider"]["fake"] = json!({"data": []})),
+                    Box::new(|o| o["spec"]["provider"] = json!({})),
+                    Box::new(|o| {
+                        o["spec"]["provider"] = json!({"vault": null, "fake": {"data": []}})
+                    }),
+                    Box::new(|o| o["spec"]["refreshInterval"] = json!(-5)),
+                    Box::new(|o| o["spec"]["refreshInterval"] = json!("5 minutes")),
+                    Box::new(|o| {
+                        o["spec"]["conditions"] = json!([{"namespaceRegexes": ["(unclosed"]}])
+                    }),
+                    Box::new(|o| o["spec"]["conditions"] = json!("nope")),
+                ],
+            };
+            for mutate in mutations {
+                let mut case = object.clone();
+                mutate(&mut case);
+                cases.push(case);
+            }
+        }
+        assert!(cases.len() > 50, "{} cases", cases.len());
+        for case in cases {
+            let [typed, hub] = both_paths(&case);
+            assert_eq!(typed, hub, "{case}");
+        }
+    }
 }

@@ -14,11 +14,7 @@ use axum::{
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 
-use kube::core::{
-    DynamicObject,
-    admission::{AdmissionRequest, AdmissionResponse},
-    conversion::ConversionReview,
-};
+use kube::core::{admission::AdmissionResponse, conversion::ConversionReview};
 
 use super::{
     budget::{MemoryBudget, OverBudget, Reservation},
@@ -28,7 +24,7 @@ use super::{
 pub use crate::config::WebhookSettings;
 use crate::{
     admission::{self, Deadline, ReviewError},
-    apis::{self, validate},
+    apis::{self, Kind, validate},
     injection::Injector,
     metrics::Metrics,
 };
@@ -90,17 +86,15 @@ pub fn webhook_service(
         .route(CONVERT, post(convert))
         .route(
             VALIDATE_EXTERNAL_SECRET,
-            post(|state, body| validate_resource(state, body, validate::validate_external_secret)),
+            post(|state, body| validate_resource(state, body, Kind::ExternalSecret)),
         )
         .route(
             VALIDATE_SECRET_STORE,
-            post(|state, body| validate_resource(state, body, validate::validate_secret_store)),
+            post(|state, body| validate_resource(state, body, Kind::SecretStore)),
         )
         .route(
             VALIDATE_CLUSTER_SECRET_STORE,
-            post(|state, body| {
-                validate_resource(state, body, validate::validate_cluster_secret_store)
-            }),
+            post(|state, body| validate_resource(state, body, Kind::ClusterSecretStore)),
         )
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
@@ -135,16 +129,16 @@ async fn mutate_pod(
     Ok(admission_answer(response))
 }
 
-/// Validates a custom resource with a pure `decide` function.
+/// Validates a custom resource of `kind`.
 async fn validate_resource(
     State(state): State<WebhookState>,
     body: ReviewBody,
-    decide: fn(&AdmissionRequest<DynamicObject>) -> AdmissionResponse,
+    kind: Kind,
 ) -> Result<Response, ReviewError> {
     let deadline = body.deadline;
     let decided = decide_off_the_workers(&state, body, OFFLOAD_FROM_BYTES, move |bytes| {
-        let request = admission::decode_admission::<DynamicObject>(bytes)?;
-        let response = decide(&request);
+        let (request, object) = admission::decode_admission_raw(bytes)?;
+        let response = validate::validate_raw(kind, &request, object);
         tracing::debug!(uid = %request.uid, kind = %request.kind.kind, allowed = response.allowed, "validated");
         Ok(response)
     })
@@ -307,7 +301,7 @@ impl FromRequest<WebhookState> for ReviewBody {
             .reserve(declared.unwrap_or(0), deadline.at)
             .await
             .map_err(over_budget)?;
-        let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0));
+        let mut buffer = Buffered::default();
         let mut body = request.into_body();
         let read = async {
             while let Some(frame) = body.frame().await {
@@ -328,7 +322,7 @@ impl FromRequest<WebhookState> for ReviewBody {
                         .await
                         .map_err(over_budget)?;
                 }
-                buffer.extend_from_slice(&data);
+                buffer.push(data, declared.unwrap_or(0));
             }
             Ok(())
         };
@@ -342,10 +336,55 @@ impl FromRequest<WebhookState> for ReviewBody {
             return Err(refusal);
         }
         Ok(ReviewBody {
-            bytes: buffer.freeze(),
+            bytes: buffer.into_bytes(),
             deadline,
             _reservation: reservation,
         })
+    }
+}
+
+/// A body as its frames arrive: the first frame kept as it is, copied into
+/// one buffer only when a second one comes (a review usually arrives whole).
+#[derive(Default)]
+enum Buffered {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Buffered {
+    fn len(&self) -> usize {
+        match self {
+            Buffered::Empty => 0,
+            Buffered::One(bytes) => bytes.len(),
+            Buffered::Many(buffer) => buffer.len(),
+        }
+    }
+
+    /// Adds a frame; `expected` (the declared length) sizes the buffer.
+    fn push(&mut self, data: Bytes, expected: usize) {
+        *self = match std::mem::take(self) {
+            Buffered::Empty => Buffered::One(data),
+            Buffered::One(first) => {
+                let mut buffer = BytesMut::with_capacity(expected.max(first.len() + data.len()));
+                buffer.extend_from_slice(&first);
+                buffer.extend_from_slice(&data);
+                Buffered::Many(buffer)
+            }
+            Buffered::Many(mut buffer) => {
+                buffer.extend_from_slice(&data);
+                Buffered::Many(buffer)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Buffered::Empty => Bytes::new(),
+            Buffered::One(bytes) => bytes,
+            Buffered::Many(buffer) => buffer.freeze(),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::{Kind, Version};
 pub(crate) use secret_store::go_duration_seconds as secret_store_refresh_interval;
 use stash::{Recorder, Stash};
-pub use template::{REMOVED_HELPERS, removed_helpers};
+pub use template::{REMOVED_HELPERS, removed_helpers, removed_helpers_in_template};
 
 /// Why an object could not be converted. Messages name the field; they never
 /// echo field values.

@@ -14,6 +14,8 @@ use std::sync::LazyLock;
 use regex::{Captures, Regex};
 use serde_json::Value;
 
+use crate::apis::v1;
+
 /// `(old, new)` helper names.
 const RENAMES: [(&str, &str); 4] = [
     ("base64encode", "b64enc"),
@@ -43,22 +45,54 @@ const TEMPLATE_FROM: &str = "/spec/target/template/templateFrom";
 /// templates of a `v1` ExternalSecret (`template.data` and
 /// `templateFrom[].literal`), as `(field, helper)`.
 pub fn removed_helpers(hub: &Value) -> Vec<(String, &'static str)> {
+    let data = hub
+        .pointer(TEMPLATE_DATA)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, template)| Some((key.as_str(), template.as_str()?)));
+    let literals = hub
+        .pointer(TEMPLATE_FROM)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, entry)| Some((i, entry.get("literal")?.as_str()?)));
+    removed_helpers_in(data, literals)
+}
+
+/// [`removed_helpers`] of a typed `v1` template.
+pub fn removed_helpers_in_template(
+    template: &v1::ExternalSecretTemplate,
+) -> Vec<(String, &'static str)> {
+    let data = template
+        .data
+        .iter()
+        .flatten()
+        .map(|(key, text)| (key.as_str(), text.as_str()));
+    let literals = template
+        .template_from
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, entry)| Some((i, entry.literal.as_deref()?)));
+    removed_helpers_in(data, literals)
+}
+
+/// Removed helpers in `template.data` (by key) and in
+/// `templateFrom[].literal` (by index), as `(field, helper)`.
+fn removed_helpers_in<'a>(
+    data: impl Iterator<Item = (&'a str, &'a str)>,
+    literals: impl Iterator<Item = (usize, &'a str)>,
+) -> Vec<(String, &'static str)> {
     let mut found = Vec::new();
-    if let Some(Value::Object(data)) = hub.pointer(TEMPLATE_DATA) {
-        for (key, template) in data {
-            if let Value::String(text) = template {
-                let field = format!("spec.target.template.data[{key}]");
-                found.extend(helpers_in(text).into_iter().map(|h| (field.clone(), h)));
-            }
-        }
+    for (key, text) in data {
+        let field = format!("spec.target.template.data[{key}]");
+        found.extend(helpers_in(text).into_iter().map(|h| (field.clone(), h)));
     }
-    if let Some(Value::Array(entries)) = hub.pointer(TEMPLATE_FROM) {
-        for (i, entry) in entries.iter().enumerate() {
-            if let Some(Value::String(text)) = entry.get("literal") {
-                let field = format!("spec.target.template.templateFrom[{i}].literal");
-                found.extend(helpers_in(text).into_iter().map(|h| (field.clone(), h)));
-            }
-        }
+    for (i, text) in literals {
+        let field = format!("spec.target.template.templateFrom[{i}].literal");
+        found.extend(helpers_in(text).into_iter().map(|h| (field.clone(), h)));
     }
     found
 }
