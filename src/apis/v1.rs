@@ -280,8 +280,9 @@ pub struct ExternalSecretData {
     pub secret_key: String,
     /// The remote value.
     pub remote_ref: ExternalSecretDataRemoteRef,
-    /// Overrides the store this key is read from. Boxed: it is rarely set,
-    /// and an ExternalSecret can hold tens of thousands of entries.
+    /// Overrides the store this key is read from.
+    // Boxed: it is rarely set, and an ExternalSecret can hold tens of
+    // thousands of entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ref: Option<Box<StoreSourceRef>>,
 }
