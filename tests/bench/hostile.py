@@ -10,6 +10,8 @@ asserts nothing. Run through tests/bench/hostile.sh, which builds first.
                fast; RSS per idle connection
   bodies       4 connections x 64 streams x 7 MiB pod reviews: peak RSS, RSS
                30 s later, answers by status
+  burst        64 x 7 MiB pod reviews and 16 x 7 MB validations, each on its
+               own stream: peak RSS, and RSS 1, 10 and 30 s later
   validation   pod-review latency at 100 req/s while 8 concurrent 7 MB
                ExternalSecret validation reviews run
   resets       CPU seconds keyhook spends on 20,000 HTTP/2 rapid resets
@@ -223,6 +225,32 @@ def bodies(workdir):
     stop(proc)
 
 
+def burst(workdir):
+    """Memory taken by a burst of large reviews that are all admitted (one
+    stream per connection), and how much of it goes back to the system."""
+    body = padded_review(workdir, 7 * MIB)
+    validation_body, _ = validation_review(workdir, 7 * 1000 * 1000)
+    proc, port, _ = start(workdir)
+    idle = rss_kib(proc.pid, "VmRSS")
+    runs = [subprocess.Popen(["h2load", "-c", "16", "-m", "1", "-n", "64", "-d", body, "-H", "content-type: application/json",
+                              f"https://localhost:{port}/mutate-pod"], stdout=subprocess.PIPE, text=True),
+            subprocess.Popen(["h2load", "-c", "4", "-m", "1", "-n", "16", "-d", validation_body, "-H", "content-type: application/json",
+                              f"https://localhost:{port}/validate-externalsecret"], stdout=subprocess.PIPE, text=True)]
+    codes = []
+    for run in runs:
+        out, _ = run.communicate()
+        codes.append(next((l.strip() for l in out.splitlines() if l.strip().startswith("status codes:")), "?"))
+    peak = rss_kib(proc.pid, "VmHWM")
+    samples = []
+    for _ in range(30):
+        time.sleep(1)
+        samples.append(rss_kib(proc.pid, "VmRSS"))
+    print(f"burst: 64 x 7 MiB pod reviews on 16 connections and 16 x 7 MB validations on 4 ({'; '.join(codes)}): "
+          f"idle RSS {idle/1024:.0f} MiB, peak {peak/1024:.0f} MiB, after 1 s {samples[0]/1024:.0f} MiB, "
+          f"10 s {samples[9]/1024:.0f} MiB, 30 s {samples[-1]/1024:.0f} MiB")
+    stop(proc)
+
+
 def validation(workdir, review):
     body, entries = validation_review(workdir, 7 * 1000 * 1000)
     proc, port, _ = start(workdir)
@@ -297,7 +325,7 @@ def resets(workdir, total=20_000):
 
 
 def main():
-    which = sys.argv[1:] or ["silent", "fds", "bodies", "validation", "resets"]
+    which = sys.argv[1:] or ["silent", "fds", "bodies", "burst", "validation", "resets"]
     workdir = tempfile.mkdtemp(prefix="keyhook-hostile-")
     with open(POD_REVIEW) as f:
         review_json = json.load(f)
@@ -308,6 +336,7 @@ def main():
         "silent": lambda: silent(workdir),
         "fds": lambda: fds(workdir, review),
         "bodies": lambda: bodies(workdir),
+        "burst": lambda: burst(workdir),
         "validation": lambda: validation(workdir, review),
         "resets": lambda: resets(workdir),
     }
