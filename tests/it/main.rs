@@ -14,6 +14,8 @@ mod apis_validation;
 mod cert_rotation;
 mod chart;
 mod cli;
+mod cli_messages;
+mod cli_mode;
 mod cluster_api;
 mod cluster_flags;
 mod cluster_scale;
