@@ -11,7 +11,7 @@ pub mod record;
 pub mod routes;
 pub mod throttle;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -28,7 +28,7 @@ use crate::{
     injection::{self, FileSecrets, Injector, MeteredSecrets},
     leader::{self, Leadership},
     metrics::Metrics,
-    providers::{FileCatalog, Providers},
+    providers::{FileCatalog, Providers, log_stores_loaded},
 };
 
 /// Longest single sleep of the renewal loop, so a wall-clock jump (a
@@ -61,8 +61,13 @@ pub enum Error {
     #[error("cluster mode: {0}; to run without a cluster, use --mode standalone")]
     Connect(#[from] mode::ConnectError),
     /// The `--stores` file cannot be used.
-    #[error("--stores: {0}")]
-    Stores(String),
+    #[error("--stores {path}: {reason}")]
+    Stores {
+        /// The file.
+        path: PathBuf,
+        /// Every problem in it.
+        reason: String,
+    },
 }
 
 /// A server with its certificates loaded and its sockets bound.
@@ -264,14 +269,22 @@ fn build_injector(
     }
     let catalog = match &settings.stores_file {
         Some(path) => {
-            let catalog = Arc::new(FileCatalog::from_file(path).map_err(stores_error)?);
+            let catalog = Arc::new(
+                FileCatalog::from_file(path).map_err(|errors| stores_error(path, errors))?,
+            );
+            log_stores_loaded(path, &catalog.summary(), "loaded");
             // The watch task lives as long as the process.
             let _watch = catalog
                 .watch(path.clone())
-                .map_err(|e| Error::Stores(e.to_string()))?;
+                .map_err(|e| stores_error(path, vec![e]))?;
             catalog
         }
-        None => Arc::new(FileCatalog::from_yaml("").map_err(stores_error)?),
+        None => {
+            tracing::info!(
+                "no --stores file: there are no stores, so a pod asking for secrets is denied (try --stores examples/stores.yaml)"
+            );
+            Arc::new(FileCatalog::empty())
+        }
     };
     let secrets = MeteredSecrets::new(
         FileSecrets::new(args.injection.secrets_dir.clone()),
@@ -287,9 +300,12 @@ fn build_injector(
     Ok((injector, None))
 }
 
-fn stores_error(errors: Vec<crate::providers::ProviderError>) -> Error {
+fn stores_error(path: &std::path::Path, errors: Vec<crate::providers::ProviderError>) -> Error {
     let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    Error::Stores(errors.join("; "))
+    Error::Stores {
+        path: path.to_path_buf(),
+        reason: errors.join("; "),
+    }
 }
 
 /// Refresh and GC of the managed Secrets, on the leader only.

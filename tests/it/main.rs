@@ -16,6 +16,7 @@ mod chart;
 mod cli;
 mod cli_messages;
 mod cli_mode;
+mod cli_stores;
 mod cluster_api;
 mod cluster_flags;
 mod cluster_scale;
