@@ -24,6 +24,7 @@ mod cluster_scenarios;
 mod doctor;
 mod e2e;
 mod hostile;
+mod image;
 mod injection_cluster;
 mod injection_patch;
 mod injection_prop;
