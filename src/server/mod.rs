@@ -40,7 +40,9 @@ const MAX_RENEWAL_SLEEP: Duration = Duration::from_secs(3600);
 #[non_exhaustive]
 pub enum Error {
     /// A listener could not bind its address.
-    #[error("cannot listen on {addr} ({flag}): {source}")]
+    #[error(
+        "cannot listen on {addr} ({flag}): {source}; stop what listens there or choose another address with {flag}"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,

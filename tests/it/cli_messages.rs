@@ -109,7 +109,7 @@ fn an_address_in_use_is_said_once_with_its_flag() {
     let stderr = refused_after_certs(&["--webhook-addr", &addr]);
     assert!(
         stderr.ends_with(&format!(
-            "error: cannot listen on {addr} (--webhook-addr): Address already in use (os error 98)\n"
+            "error: cannot listen on {addr} (--webhook-addr): Address already in use (os error 98); stop what listens there or choose another address with --webhook-addr\n"
         )),
         "{stderr}"
     );
