@@ -43,7 +43,7 @@ enum Command {
     /// Generate or inspect certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Check, against the current kubeconfig, that the apiserver can call every keyhook webhook; exits 1 on any finding.
+    /// Check, against the current kubeconfig, that the apiserver can call every keyhook webhook; exits 1 on any finding, 2 when it cannot check.
     Doctor {
         /// The cluster's DNS domain, to check the SANs of served certificates.
         #[arg(
@@ -82,7 +82,7 @@ enum CertsCommand {
         #[command(flatten)]
         log: LogArgs,
     },
-    /// Show the certificates in --cert-dir and whether the apiserver would accept them.
+    /// Show the certificates in --cert-dir and whether the apiserver would accept them; exits 1 if it would not, 2 when they cannot be read.
     Inspect {
         /// Directory holding tls.crt and ca.crt.
         #[arg(
@@ -97,27 +97,31 @@ enum CertsCommand {
     },
 }
 
-/// Exit code of the checking commands (`doctor`, `certs inspect`) when they
-/// could not check at all; 1 means they checked and found problems.
-const COULD_NOT_CHECK: u8 = 2;
+impl Command {
+    /// The exit code when the command could not do its job. The checkers
+    /// (`doctor`, `certs inspect`) exit 1 when they checked and found
+    /// problems, so not being able to check gets a code of its own.
+    fn could_not_run(&self) -> ExitCode {
+        match self {
+            Command::Doctor { .. } | Command::Certs(CertsCommand::Inspect { .. }) => {
+                ExitCode::from(2)
+            }
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut could_not_run = ExitCode::FAILURE;
+    let could_not_run = cli.command.could_not_run();
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Certs(CertsCommand::Generate { certs, log }) => {
             init_logging(&log);
             generate(&certs)
         }
-        Command::Certs(CertsCommand::Inspect { cert_dir, service }) => {
-            could_not_run = ExitCode::from(COULD_NOT_CHECK);
-            inspect(&cert_dir, &service)
-        }
-        Command::Doctor { cluster_domain } => {
-            could_not_run = ExitCode::from(COULD_NOT_CHECK);
-            doctor(&cluster_domain)
-        }
+        Command::Certs(CertsCommand::Inspect { cert_dir, service }) => inspect(&cert_dir, &service),
+        Command::Doctor { cluster_domain } => doctor(&cluster_domain),
         Command::Crds { out } => print_crds(out.as_deref()),
         Command::Convert { to, file } => convert(to, file.as_deref()),
     };
