@@ -4,6 +4,9 @@
 # load musl's memcpy and friends cost ~16% of keyhook's throughput (42k vs 50k
 # pod reviews/s at 64 HTTP/2 streams, same profile, same machine).
 # Build: docker buildx build --platform linux/amd64,linux/arm64 -t IMAGE .
+# Without a container engine (and without pulling these bases),
+# image/build-oci.py assembles the same shape from a built binary as an OCI
+# layout; the test suite builds and checks that one (tests/it/image.rs).
 
 # Debian 12, like the runtime image below: the binary links against the
 # glibc it will run on.

@@ -14,22 +14,23 @@ use crate::certs::{ServiceIdentity, SubjectAltName};
 /// Settings of `keyhook serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address of the HTTPS webhook listener.
+    /// Where keyhook runs: `auto` is cluster mode inside a pod and standalone
+    /// anywhere else; `cluster` outside a pod uses `KUBECONFIG` or
+    /// `~/.kube/config`; `standalone` never reads a kubeconfig.
     #[arg(
         long,
-        env = "KEYHOOK_WEBHOOK_ADDR",
-        default_value = "0.0.0.0:9443",
-        value_name = "ADDR"
+        env = "KEYHOOK_MODE",
+        default_value = "auto",
+        value_name = "MODE"
     )]
+    pub mode: RunMode,
+
+    /// Address of the HTTPS webhook listener, an IP address and port.
+    #[arg(long, env = "KEYHOOK_WEBHOOK_ADDR", default_value = "0.0.0.0:9443", value_name = "ADDR", value_parser = parse_listen_addr)]
     pub webhook_addr: SocketAddr,
 
-    /// Address of the plain-HTTP health and metrics listener.
-    #[arg(
-        long,
-        env = "KEYHOOK_HEALTH_ADDR",
-        default_value = "0.0.0.0:8081",
-        value_name = "ADDR"
-    )]
+    /// Address of the plain-HTTP health and metrics listener, an IP address and port.
+    #[arg(long, env = "KEYHOOK_HEALTH_ADDR", default_value = "0.0.0.0:8081", value_name = "ADDR", value_parser = parse_listen_addr)]
     pub health_addr: SocketAddr,
 
     #[command(flatten)]
@@ -47,8 +48,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub connections: ConnectionArgs,
 
-    /// Largest request body accepted (e.g. `8MiB`); larger bodies get HTTP 413.
-    #[arg(long, env = "KEYHOOK_MAX_BODY", default_value = "8MiB", value_name = "SIZE", value_parser = parse_byte_size)]
+    /// Largest request body accepted (e.g. `8MiB`, at least `64KiB`); larger bodies get HTTP 413.
+    #[arg(long, env = "KEYHOOK_MAX_BODY", default_value = "8MiB", value_name = "SIZE", value_parser = parse_max_body)]
     pub max_body: usize,
 
     /// Request bodies all webhook requests together may hold in memory;
@@ -56,7 +57,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYHOOK_MAX_INFLIGHT_BYTES", default_value = "128MiB", value_name = "SIZE", value_parser = parse_byte_size)]
     pub max_inflight_bytes: usize,
 
-    /// Deadline for answering one review; keep it under the apiserver's 10 s.
+    /// Deadline for answering one review; keep it under the webhooks'
+    /// `timeoutSeconds` (the apiserver's default is 10 s, its maximum 30 s).
     #[arg(long, env = "KEYHOOK_REQUEST_TIMEOUT", default_value = "8s", value_name = "DURATION", value_parser = parse_request_timeout)]
     pub request_timeout: Duration,
 
@@ -74,7 +76,7 @@ pub struct ConnectionArgs {
     /// Webhook connections open at once (default: from the open-file limit,
     /// which keyhook raises to its hard limit at start); past it, idle
     /// connections are closed to make room and new ones wait.
-    #[arg(long, env = "KEYHOOK_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "KEYHOOK_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     pub max_connections: Option<u32>,
 
     /// A TLS handshake must finish within this.
@@ -191,16 +193,34 @@ pub enum CertMode {
     External,
 }
 
+/// Where `keyhook serve` runs, as `--mode` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunMode {
+    /// Cluster mode inside a pod (`KUBERNETES_SERVICE_HOST` is set),
+    /// standalone anywhere else, whatever kubeconfig exists.
+    Auto,
+    /// No cluster: self-signed certificates in `--cert-dir`, stores from `--stores`.
+    Standalone,
+    /// A cluster: the pod's service account, or outside a pod `KUBECONFIG` or `~/.kube/config`.
+    Cluster,
+}
+
+impl fmt::Display for RunMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunMode::Auto => "auto",
+            RunMode::Standalone => "standalone",
+            RunMode::Cluster => "cluster",
+        })
+    }
+}
+
 /// Settings that only matter in a cluster.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
-    /// Who issues the serving certificate in a cluster (standalone runs are always self-signed in --cert-dir).
-    #[arg(
-        long,
-        env = "KEYHOOK_CERT_MODE",
-        default_value = "self-managed",
-        value_name = "MODE"
-    )]
+    /// Who issues the serving certificate in a cluster: `self-managed`,
+    /// `openshift` or `external` (standalone runs are always self-signed in --cert-dir).
+    #[arg(long, env = "KEYHOOK_CERT_MODE", default_value = "self-managed", value_name = "MODE", value_parser = parse_cert_mode)]
     pub cert_mode: CertMode,
 
     /// Secret in --service-namespace holding the CA and serving certificate (self-managed mode).
@@ -229,11 +249,11 @@ pub struct ProviderArgs {
     pub stores: Option<PathBuf>,
 
     /// Backend requests per second per store (a store's `keyhook.io/qps` annotation overrides it).
-    #[arg(long, env = "KEYHOOK_PROVIDER_QPS", default_value = "10", value_name = "QPS", value_parser = parse_qps)]
+    #[arg(long, env = "KEYHOOK_PROVIDER_QPS", default_value = "10", value_name = "QPS", value_parser = parse_qps, allow_negative_numbers = true)]
     pub provider_qps: f64,
 
     /// Token-bucket burst per store.
-    #[arg(long, env = "KEYHOOK_PROVIDER_BURST", default_value = "20", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "KEYHOOK_PROVIDER_BURST", default_value = "20", value_name = "N", value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     pub provider_burst: u32,
 
     /// How long a fetched value may be reused for identical fetches (`0s` = off).
@@ -268,7 +288,7 @@ pub struct InjectionArgs {
     pub secrets_dir: PathBuf,
 
     /// Spread of refresh times, as a percentage of a store's refresh interval (e.g. `10%`).
-    #[arg(long, env = "KEYHOOK_REFRESH_JITTER", default_value = "10%", value_name = "PERCENT", value_parser = parse_jitter)]
+    #[arg(long, env = "KEYHOOK_REFRESH_JITTER", default_value = "10%", value_name = "PERCENT", value_parser = parse_jitter, allow_negative_numbers = true)]
     pub refresh_jitter: f64,
 
     /// Window over which Secrets overdue for refresh (after an outage or a restart) are spread.
@@ -401,6 +421,26 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (expected e.g. `8s`, `15m`, `8760h`)"))
 }
 
+/// What the apiserver waits for a webhook unless its configuration sets
+/// `timeoutSeconds`.
+pub const APISERVER_DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ServeArgs {
+    /// Settings that are valid but probably not what the user meant, each as
+    /// a sentence naming the flag and what to do.
+    pub fn doubtful(&self) -> Vec<String> {
+        let mut doubts = Vec::new();
+        if self.request_timeout >= APISERVER_DEFAULT_WEBHOOK_TIMEOUT {
+            let timeout = humantime::format_duration(self.request_timeout);
+            doubts.push(format!(
+                "--request-timeout {timeout} is not below the apiserver's default webhook timeout of {} s (30 s at most, when a webhook configuration sets `timeoutSeconds`): unless every keyhook webhook sets timeoutSeconds above {timeout}, the apiserver gives up first and the call fails with its own timeout instead of keyhook's message; raise the webhooks' timeoutSeconds (the chart's `webhook.timeoutSeconds`) or keep --request-timeout under it (default 8s)",
+                APISERVER_DEFAULT_WEBHOOK_TIMEOUT.as_secs(),
+            ));
+        }
+        doubts
+    }
+}
+
 fn parse_request_timeout(value: &str) -> Result<Duration, String> {
     let timeout = parse_duration(value)?;
     // The apiserver never waits more than 30 s for a webhook; a deadline at
@@ -438,6 +478,61 @@ fn parse_byte_size(value: &str) -> Result<usize, String> {
         return Err("must be more than 0 bytes".into());
     }
     Ok(bytes)
+}
+
+/// The smallest `--max-body`: a pod's AdmissionReview carries the pod twice
+/// on UPDATE and often runs to tens of KiB, so a smaller limit refuses
+/// ordinary reviews.
+const MIN_MAX_BODY: usize = 64 << 10;
+
+fn parse_max_body(value: &str) -> Result<usize, String> {
+    let bytes = parse_byte_size(value)?;
+    if bytes < MIN_MAX_BODY {
+        return Err(format!(
+            "{bytes} bytes would refuse ordinary reviews (a pod's AdmissionReview often runs to tens of KiB): must be at least 64KiB; the default is 8MiB"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses a listen address: an IP address and a port. A host name gets a
+/// hint, since a listener binds an address, not a name.
+fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let hint = match value.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.eq_ignore_ascii_case("localhost") {
+                format!(
+                    "use `127.0.0.1:{port}` (this machine only) or `0.0.0.0:{port}` (every interface)"
+                )
+            } else if host.is_empty() {
+                format!(
+                    "give the address too: `0.0.0.0:{port}` (every interface) or `127.0.0.1:{port}` (this machine only)"
+                )
+            } else {
+                format!(
+                    "`{host}` is a name, not an IP address: give the address it stands for, e.g. `0.0.0.0:{port}` for every interface"
+                )
+            }
+        }
+        _ => "expected an IP address and a port, e.g. `0.0.0.0:9443` or `127.0.0.1:9443`".into(),
+    };
+    Err(format!("not an IP address and port: {hint}"))
+}
+
+/// Parses `--cert-mode`, pointing from the chart's `certs.mode` names that
+/// the binary does not take to the one that does the same.
+fn parse_cert_mode(value: &str) -> Result<CertMode, String> {
+    if let Ok(mode) = <CertMode as ValueEnum>::from_str(value, false) {
+        return Ok(mode);
+    }
+    Err(match value {
+        "cert-manager" => "`cert-manager` is a mode of the Helm chart (`certs.mode`); keyhook itself runs it as `--cert-mode external`: cert-manager writes the certificate into --cert-dir and injects the caBundle, keyhook serves and checks it".into(),
+        _ => "expected `self-managed` (keyhook is its own CA), `openshift` (the service-ca operator issues the certificate) or `external` (cert-manager or you provide it in --cert-dir)".into(),
+    })
 }
 
 fn parse_log_filter(value: &str) -> Result<String, String> {

@@ -10,6 +10,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{
+    io::{IsTerminal, Write},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand};
 use keyhook::{
     apis,
     certs::{self, Inspection, SubjectAltName},
-    config::{CertArgs, LogArgs, LogFormat, ServeArgs, ServiceArgs},
+    config::{CertArgs, LogArgs, LogFormat, RunMode, ServeArgs, ServiceArgs},
     server::{Mode, Server},
 };
 use time::OffsetDateTime;
@@ -42,7 +43,7 @@ enum Command {
     /// Generate or inspect certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Check, against the current kubeconfig, that the apiserver can call every keyhook webhook; exits 1 on any finding.
+    /// Check, against the current kubeconfig, that the apiserver can call every keyhook webhook; exits 1 on any finding, 2 when it cannot check.
     Doctor {
         /// The cluster's DNS domain, to check the SANs of served certificates.
         #[arg(
@@ -81,7 +82,7 @@ enum CertsCommand {
         #[command(flatten)]
         log: LogArgs,
     },
-    /// Show the certificates in --cert-dir and whether the apiserver would accept them.
+    /// Show the certificates in --cert-dir and whether the apiserver would accept them; exits 1 if it would not, 2 when they cannot be read.
     Inspect {
         /// Directory holding tls.crt and ca.crt.
         #[arg(
@@ -96,8 +97,23 @@ enum CertsCommand {
     },
 }
 
+impl Command {
+    /// The exit code when the command could not do its job. The checkers
+    /// (`doctor`, `certs inspect`) exit 1 when they checked and found
+    /// problems, so not being able to check gets a code of its own.
+    fn could_not_run(&self) -> ExitCode {
+        match self {
+            Command::Doctor { .. } | Command::Certs(CertsCommand::Inspect { .. }) => {
+                ExitCode::from(2)
+            }
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let could_not_run = cli.command.could_not_run();
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Certs(CertsCommand::Generate { certs, log }) => {
@@ -111,11 +127,38 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`keyhook crds | head -1`): it has what it wanted.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", report(&e));
+            could_not_run
         }
     }
+}
+
+/// The error and its causes on one line, each said once: many errors
+/// (the OS's, kube's) already repeat their cause in their own message.
+fn report(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging(log: &LogArgs) {
@@ -126,7 +169,10 @@ fn init_logging(log: &LogArgs) {
         .unwrap_or_else(|| {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
         });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal, never into a file or a pipe.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match log.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -137,12 +183,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let mode = Mode::detect();
+        let mode = Mode::detect(args.mode);
         tracing::info!(
-            ?mode,
+            %mode,
             version = env!("CARGO_PKG_VERSION"),
-            "keyhook starting"
+            "keyhook starting {}",
+            match (mode, args.mode) {
+                (Mode::Standalone, RunMode::Auto) =>
+                    "standalone: not in a pod, so no cluster is touched (--mode cluster uses your kubeconfig)",
+                (Mode::Standalone, _) => "standalone (--mode standalone)",
+                (Mode::Cluster, RunMode::Auto) => "in cluster mode: running in a pod",
+                (Mode::Cluster, _) => "in cluster mode (--mode cluster)",
+            }
         );
+        for doubt in args.doubtful() {
+            tracing::warn!("{doubt}");
+        }
         let server = Server::bind(args, mode).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
@@ -180,80 +236,87 @@ fn generate(args: &CertArgs) -> anyhow::Result<ExitCode> {
         .service
         .identity()
         .san_list(&args.service.extra_sans, false);
-    let (_, ensured) = certs::ensure_self_managed(
+    let (bundle, ensured) = certs::ensure_self_managed(
         &args.cert_dir,
         &sans,
         args.cert_validity,
         OffsetDateTime::now_utc(),
-    )
-    .with_context(|| format!("writing certificates to {}", args.cert_dir.display()))?;
-    let dir = args.cert_dir.display();
+    )?;
+    let path = |name: &str| args.cert_dir.join(name).display().to_string();
+    let mut out = std::io::stdout().lock();
     match ensured {
-        certs::Ensured::Reused => {
-            println!("{dir} already holds a valid CA and serving certificate; nothing written")
-        }
+        certs::Ensured::Reused => writeln!(
+            out,
+            "{} already holds a valid CA and a serving certificate for these names; nothing written",
+            args.cert_dir.display()
+        )?,
         certs::Ensured::Written { new_ca, reason } => {
-            println!(
-                "wrote {dir}/tls.crt, {dir}/tls.key{} ({reason})",
-                if new_ca { ", ca.crt, ca.key" } else { "" }
-            );
+            let mut written = vec![path(certs::TLS_CRT), path(certs::TLS_KEY)];
+            if new_ca {
+                written.extend([path(certs::CA_CRT), path(certs::CA_KEY)]);
+            }
+            writeln!(out, "wrote {} ({reason})", written.join(", "))?;
         }
     }
-    println!(
-        "SANs: {}",
-        sans.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!("trust {dir}/ca.crt (the caBundle is its base64)");
+    // What is on disk, which after a reuse may be more than was asked for.
+    let served = Inspection::parse(&bundle.tls_crt, &bundle.ca_crt)?;
+    writeln!(out, "SANs: {}", served.leaf.sans.join(", "))?;
+    writeln!(
+        out,
+        "trust {} (the caBundle is its base64)",
+        path(certs::CA_CRT)
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(dir: &Path, service: &ServiceArgs) -> anyhow::Result<ExitCode> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
-            .with_context(|| format!("reading {}", dir.join(name).display()))
+            .with_context(|| format!("reading {} (--cert-dir)", dir.join(name).display()))
     };
     let (tls_crt, ca_crt) = (read(certs::TLS_CRT)?, read(certs::CA_CRT)?);
     let inspection = Inspection::parse(&tls_crt, &ca_crt)?;
     let identity = service.identity();
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let leaf = &inspection.leaf;
-    println!("subject:    {}", leaf.subject);
-    println!("issuer:     {}", leaf.issuer);
-    println!("SANs:       {}", leaf.sans.join(", "));
-    println!("not before: {}", certs::rfc3339(leaf.not_before));
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "subject:    {}", leaf.subject)?;
+    writeln!(out, "issuer:     {}", leaf.issuer)?;
+    writeln!(out, "SANs:       {}", leaf.sans.join(", "))?;
+    writeln!(out, "not before: {}", certs::rfc3339(leaf.not_before))?;
+    writeln!(
+        out,
         "not after:  {} ({})",
         certs::rfc3339(leaf.not_after),
         remaining(leaf.not_after - now)
-    );
+    )?;
     for ca in &inspection.cas {
-        println!(
+        writeln!(
+            out,
             "CA:         {} (until {})",
             ca.subject,
             certs::rfc3339(ca.not_after)
-        );
+        )?;
     }
-    println!();
+    writeln!(out)?;
     let mut rejected = false;
     let roots = certs::TrustRoots::from_pem(&ca_crt).context("reading ca.crt")?;
     for name in identity.dns_names() {
         match roots.verify(&inspection, &name) {
-            Ok(()) => println!("ok    {name}: verifies against ca.crt"),
+            Ok(()) => writeln!(out, "ok    {name}: verifies against ca.crt")?,
             Err(reason) => {
-                println!("FAIL  {name}: {reason}");
+                writeln!(out, "FAIL  {name}: {reason}")?;
                 // Only the apiserver's own name decides; the others inform.
                 rejected |= name == identity.apiserver_name();
             }
         }
     }
     if rejected {
-        println!(
+        writeln!(
+            out,
             "\nthe kube-apiserver dials {} and would reject this certificate",
             identity.apiserver_name()
-        );
+        )?;
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -262,9 +325,8 @@ fn inspect(dir: &Path, service: &ServiceArgs) -> anyhow::Result<ExitCode> {
 fn doctor(cluster_domain: &str) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let lines = runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting with the current kubeconfig")?;
+        let (client, target) = keyhook::server::mode::connect().await?;
+        eprintln!("checking context {} ({})", target.context, target.server);
         let gathered = certs::doctor::gather(&client).await?;
         anyhow::Ok(certs::doctor::evaluate(
             &gathered,
@@ -272,18 +334,22 @@ fn doctor(cluster_domain: &str) -> anyhow::Result<ExitCode> {
             OffsetDateTime::now_utc().unix_timestamp(),
         ))
     })?;
+    let mut out = std::io::stdout().lock();
     for line in &lines {
-        println!("{line}");
+        writeln!(out, "{line}")?;
     }
     let findings = lines
         .iter()
         .filter(|l| matches!(l, certs::doctor::Line::Finding { .. }))
         .count();
     if findings == 0 {
-        println!("\nno findings: the apiserver can call every keyhook webhook");
+        writeln!(
+            out,
+            "\nno findings: the apiserver can call every keyhook webhook"
+        )?;
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("\n{findings} finding(s); fix them as shown above");
+        writeln!(out, "\n{findings} finding(s); fix them as shown above")?;
         Ok(ExitCode::FAILURE)
     }
 }
@@ -301,7 +367,9 @@ fn remaining(seconds: i64) -> String {
 
 fn print_crds(out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let Some(dir) = out else {
-        print!("{}", apis::crds_yaml()?);
+        std::io::stdout()
+            .lock()
+            .write_all(apis::crds_yaml()?.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -309,7 +377,7 @@ fn print_crds(out: Option<&Path>) -> anyhow::Result<ExitCode> {
         let path = dir.join(apis::crds::file_name(&crd));
         let yaml = serde_saphyr::to_string(&crd).context("rendering a CRD as YAML")?;
         std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        writeln!(std::io::stdout().lock(), "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -38,9 +38,21 @@ fn read(dir: &Path, name: &str) -> Result<String, Error> {
 
 /// Writes a bundle into `dir` (created if missing). Every file is written to
 /// a temporary name first and renamed into place, keys with mode 0600, so a
-/// reader never sees a half-written file; `tls.crt` is renamed last.
+/// reader never sees a half-written file; `tls.crt` is renamed last. When
+/// `dir` cannot be written, the error names the directory (never a temporary
+/// file) and no temporary file is left behind.
 pub fn write_bundle(dir: &Path, bundle: &PemBundle) -> Result<(), Error> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let unwritable = |source: io::Error| Error::Unwritable {
+        dir: dir.to_path_buf(),
+        reason: source.to_string(),
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Unwritable {
+            dir: dir.to_path_buf(),
+            reason: "it is a file, not a directory".into(),
+        });
+    }
+    fs::create_dir_all(dir).map_err(unwritable)?;
     let mut files = vec![(CA_CRT, bundle.ca_crt.as_str(), 0o644)];
     if let Some(ca_key) = &bundle.ca_key {
         files.push((CA_KEY, ca_key.expose(), 0o600));
@@ -49,15 +61,32 @@ pub fn write_bundle(dir: &Path, bundle: &PemBundle) -> Result<(), Error> {
     files.push((TLS_CRT, bundle.tls_crt.as_str(), 0o644));
 
     let mut staged = Vec::with_capacity(files.len());
+    let mut written = Ok(());
     for (name, content, mode) in files {
         let tmp = dir.join(format!(".{name}.tmp"));
-        write_new_file(&tmp, content, mode).map_err(|e| Error::io(&tmp, e))?;
+        if let Err(e) = write_new_file(&tmp, content, mode) {
+            let _ = fs::remove_file(&tmp);
+            written = Err(e);
+            break;
+        }
         staged.push((tmp, dir.join(name)));
     }
-    for (tmp, path) in staged {
-        fs::rename(&tmp, &path).map_err(|e| Error::io(path, e))?;
+    if let Err(e) = written {
+        for (tmp, _) in &staged {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(unwritable(e));
     }
-    Ok(())
+    let mut renamed = Ok(());
+    for (tmp, path) in &staged {
+        if renamed.is_ok() {
+            renamed = fs::rename(tmp, path).map_err(unwritable);
+        }
+        if renamed.is_err() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+    renamed
 }
 
 fn write_new_file(path: &Path, content: &str, mode: u32) -> io::Result<()> {

@@ -179,6 +179,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The certificate directory cannot be written (`--cert-dir`).
+    #[error("cannot write certificates to {}: {reason}; choose a writable directory with --cert-dir", dir.display())]
+    Unwritable {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said.
+        reason: String,
+    },
     /// PEM or DER content that does not parse.
     #[error("{what}: {reason}")]
     Parse {

@@ -121,8 +121,18 @@ impl<B: SecretBackend> SecretBackend for MeteredSecrets<B> {
         secret: &'a ManagedSecret,
         data: &'a BTreeMap<String, SecretValue>,
     ) -> BoxFuture<'a, Result<(), String>> {
-        self.timed(SecretWrite::Apply, self.inner.apply(secret, data))
-            .boxed()
+        async move {
+            self.timed(SecretWrite::Apply, self.inner.apply(secret, data))
+                .await?;
+            // Names and key count only: never a value.
+            tracing::info!(
+                secret = %format_args!("{}/{}", secret.namespace, secret.name),
+                keys = data.len(),
+                "Secret written"
+            );
+            Ok(())
+        }
+        .boxed()
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {

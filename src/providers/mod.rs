@@ -30,7 +30,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cache::{ClientKey, Providers, StoreHandle};
-pub use catalog::{ClusterCatalog, FileCatalog, SecretData, StoreCatalog};
+pub use catalog::{
+    ClusterCatalog, FileCatalog, SecretData, StoreCatalog, StoresSummary, StoresWarning,
+    log_stores_loaded,
+};
 pub use conditions::admits;
 pub use spec::{ProviderConfig, Store, StoreKind};
 pub use value::{SecretMap, SecretValue};
@@ -153,13 +156,21 @@ pub enum ProviderError {
         reason: String,
     },
     /// A document of the stores file is invalid; the last good set stays in force.
-    #[error("stores file document {index}: `{field}`: {reason}")]
+    #[error("document {document} ({object}): `{field}`: {reason}")]
     InvalidDocument {
-        /// 0-based position of the document in the file.
-        index: usize,
+        /// 1-based position of the document in the file.
+        document: usize,
+        /// The object, e.g. `SecretStore shop/demo`.
+        object: String,
         /// The field path at fault.
         field: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The stores file is not YAML.
+    #[error("not valid YAML: {reason}")]
+    StoresSyntax {
+        /// The parser's message, with line and column.
         reason: String,
     },
     /// The stores file cannot be read at all.

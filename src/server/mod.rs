@@ -5,6 +5,7 @@ pub mod budget;
 pub mod cluster;
 pub mod connection;
 pub mod listener;
+pub mod mode;
 pub mod offload;
 pub mod record;
 pub mod routes;
@@ -17,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::listener::{HEALTH_MAX_CONNECTIONS, ListenerLimits};
+pub use self::mode::Mode;
 use crate::readiness::{Readiness, ReadinessCheck};
 use crate::{
     certs::{self, Ensured, ServingCert, SubjectAltName},
@@ -26,7 +28,7 @@ use crate::{
     injection::{self, FileSecrets, Injector, MeteredSecrets},
     leader::{self, Leadership},
     metrics::Metrics,
-    providers::{FileCatalog, Providers},
+    providers::{FileCatalog, Providers, log_stores_loaded},
 };
 
 /// Longest single sleep of the renewal loop, so a wall-clock jump (a
@@ -38,7 +40,9 @@ const MAX_RENEWAL_SLEEP: Duration = Duration::from_secs(3600);
 #[non_exhaustive]
 pub enum Error {
     /// A listener could not bind its address.
-    #[error("cannot listen on {addr} ({flag}): {source}")]
+    #[error(
+        "cannot listen on {addr} ({flag}): {source}; stop what listens there or choose another address with {flag}"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -56,37 +60,16 @@ pub enum Error {
     Tls(#[from] rustls::Error),
     /// No Kubernetes client could be built from the kubeconfig or the pod's
     /// service account.
-    #[error("connecting to the cluster: {0}")]
-    Kube(#[source] kube::Error),
+    #[error("cluster mode: {0}; to run without a cluster, use --mode standalone")]
+    Connect(#[from] mode::ConnectError),
     /// The `--stores` file cannot be used.
-    #[error("--stores: {0}")]
-    Stores(String),
-}
-
-/// Where keyhook runs, which decides who issues its certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// No cluster: keyhook is its own CA and keeps the files in `--cert-dir`.
-    Standalone,
-    /// In a pod or with a kubeconfig: `--cert-mode` decides who issues the
-    /// certificate (the Secret `--cert-secret`, or `--cert-dir`).
-    Cluster,
-}
-
-impl Mode {
-    /// Standalone unless running in a pod or a kubeconfig exists.
-    pub fn detect() -> Self {
-        let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        let kubeconfig_env = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
-        let kubeconfig_file = std::env::var_os("HOME")
-            .map(|home| PathBuf::from(home).join(".kube").join("config"))
-            .is_some_and(|path| path.is_file());
-        if in_pod || kubeconfig_env || kubeconfig_file {
-            Mode::Cluster
-        } else {
-            Mode::Standalone
-        }
-    }
+    #[error("--stores {path}: {reason}")]
+    Stores {
+        /// The file.
+        path: PathBuf,
+        /// Every problem in it.
+        reason: String,
+    },
 }
 
 /// A server with its certificates loaded and its sockets bound.
@@ -118,19 +101,19 @@ impl Server {
                     .map_err(refusal_to_error)?;
             }
             Mode::Cluster if args.cluster.cert_mode == CertMode::SelfManaged => {
+                client = Some(connect().await?);
                 tracing::info!(
                     secret = %args.cluster.cert_secret,
                     "self-managed certificates: serving from the Secret once it is read"
                 );
-                client = Some(kube::Client::try_default().await.map_err(Error::Kube)?);
             }
             Mode::Cluster => {
+                client = Some(connect().await?);
                 tracing::info!(
                     cert_dir = %cert_dir.display(),
                     mode = ?args.cluster.cert_mode,
                     "serving the certificate mounted in --cert-dir and checking the bundle injected for it"
                 );
-                client = Some(kube::Client::try_default().await.map_err(Error::Kube)?);
                 if let Err(e) = certs::reload_from_dir(
                     cert_dir,
                     &serving,
@@ -183,7 +166,7 @@ impl Server {
             webhook,
             health,
         } = self;
-        log_where_everything_is(&args, webhook_addr, health_addr);
+        log_where_everything_is(&args, mode, webhook_addr, health_addr);
 
         // Background tasks outlive the webhook drain: /readyz keeps
         // answering (false) until keyhook exits.
@@ -288,14 +271,22 @@ fn build_injector(
     }
     let catalog = match &settings.stores_file {
         Some(path) => {
-            let catalog = Arc::new(FileCatalog::from_file(path).map_err(stores_error)?);
+            let catalog = Arc::new(
+                FileCatalog::from_file(path).map_err(|errors| stores_error(path, errors))?,
+            );
+            log_stores_loaded(path, &catalog.summary(), "loaded");
             // The watch task lives as long as the process.
             let _watch = catalog
                 .watch(path.clone())
-                .map_err(|e| Error::Stores(e.to_string()))?;
+                .map_err(|e| stores_error(path, vec![e]))?;
             catalog
         }
-        None => Arc::new(FileCatalog::from_yaml("").map_err(stores_error)?),
+        None => {
+            tracing::info!(
+                "no --stores file: there are no stores, so a pod asking for secrets is denied (try --stores examples/stores.yaml)"
+            );
+            Arc::new(FileCatalog::empty())
+        }
     };
     let secrets = MeteredSecrets::new(
         FileSecrets::new(args.injection.secrets_dir.clone()),
@@ -311,9 +302,12 @@ fn build_injector(
     Ok((injector, None))
 }
 
-fn stores_error(errors: Vec<crate::providers::ProviderError>) -> Error {
+fn stores_error(path: &std::path::Path, errors: Vec<crate::providers::ProviderError>) -> Error {
     let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    Error::Stores(errors.join("; "))
+    Error::Stores {
+        path: path.to_path_buf(),
+        reason: errors.join("; "),
+    }
 }
 
 /// Refresh and GC of the managed Secrets, on the leader only.
@@ -431,7 +425,18 @@ async fn renew_standalone(args: ServeArgs, stop: CancellationToken) {
     }
 }
 
-fn log_where_everything_is(args: &ServeArgs, webhook: SocketAddr, health: SocketAddr) {
+/// A client for the cluster, saying which one at start.
+async fn connect() -> Result<kube::Client, Error> {
+    let (client, target) = mode::connect().await?;
+    tracing::info!(
+        context = %target.context,
+        server = %target.server,
+        "cluster mode: using this cluster"
+    );
+    Ok(client)
+}
+
+fn log_where_everything_is(args: &ServeArgs, mode: Mode, webhook: SocketAddr, health: SocketAddr) {
     let dir = args.certs.cert_dir.display();
     let host = |addr: SocketAddr| {
         if addr.ip().is_unspecified() {
@@ -444,6 +449,9 @@ fn log_where_everything_is(args: &ServeArgs, webhook: SocketAddr, health: Socket
         "webhooks on https://{webhook} (POST {}), health and metrics on http://{health} (/healthz /readyz /metrics)",
         routes::MUTATE_POD
     );
+    if mode == Mode::Cluster {
+        return;
+    }
     tracing::info!(
         "certificates in {dir}; try: curl --cacert {dir}/ca.crt -H 'Content-Type: application/json' --data @tests/fixtures/admission/pod-create-deployment.json https://{}{}",
         host(webhook),

@@ -14,21 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{POD_REVIEW, POD_REVIEW_UID};
-
-const KEYHOOK: &str = env!("CARGO_BIN_EXE_keyhook");
-
-/// A command with no cluster in sight: no kubeconfig, not in a pod.
-fn keyhook(workdir: &Path) -> Command {
-    let mut command = Command::new(KEYHOOK);
-    command
-        .current_dir(workdir)
-        .env("HOME", workdir)
-        .env_remove("KUBECONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("RUST_LOG", "info");
-    command
-}
+use support::{POD_REVIEW, POD_REVIEW_UID, process::keyhook};
 
 fn free_addr() -> SocketAddr {
     StdListener::bind("127.0.0.1:0")

@@ -3,7 +3,9 @@
 //! properties, not-found; keyhook's own identity (IRSA web identity, keys
 //! from its environment) and `role` assumption through moto's STS, with
 //! moto checking signatures and IAM policies; `auth.jwt` with the
-//! in-cluster catalog against a fake apiserver issuing the token.
+//! in-cluster catalog against a fake apiserver issuing the token. Error
+//! answers in the shapes moto does not send (XML, empty) come from a
+//! loopback endpoint; the SDKs' endpoint variables are read in their order.
 
 use crate::support;
 
@@ -547,4 +549,129 @@ async fn a_secret_store_reads_as_its_service_accounts_role() {
         1,
         "no token is asked for a role-less account"
     );
+}
+
+/// An AWS endpoint on loopback that answers every call with `status`, the
+/// `x-amzn-ErrorType` header `error_type` (when given) and `body`.
+async fn refusing_endpoint(
+    status: u16,
+    error_type: Option<&'static str>,
+    body: &'static str,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move || async move {
+        let mut response = axum::response::Response::builder()
+            .status(status)
+            .header("content-type", "text/xml");
+        if let Some(error_type) = error_type {
+            response = response.header("x-amzn-ErrorType", error_type);
+        }
+        response.body(axum::body::Body::from(body)).unwrap()
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Query-protocol endpoints and local emulators answer errors in XML, some
+/// with no body at all: the denial then says the status and AWS's code and
+/// message instead of `: no message`.
+#[tokio::test]
+async fn xml_and_empty_error_answers_name_status_code_and_message() {
+    let cases = [
+        (
+            refusing_endpoint(
+                403,
+                None,
+                "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/ci is not authorized to perform: secretsmanager:GetSecretValue</Message></Error><RequestId>1</RequestId></ErrorResponse>",
+            )
+            .await,
+            "store `xml`: permission denied for key `app/db`: HTTP 403 AccessDenied: User: arn:aws:iam::123456789012:user/ci is not authorized to perform: secretsmanager:GetSecretValue",
+        ),
+        (
+            refusing_endpoint(
+                400,
+                None,
+                "<Error><Code>ResourceNotFoundException</Code><Message>Secrets Manager can't find the specified secret.</Message></Error>",
+            )
+            .await,
+            "store `xml`: key `app/db` not found: HTTP 400 ResourceNotFoundException: Secrets Manager can't find the specified secret.",
+        ),
+        (
+            refusing_endpoint(403, Some("UnrecognizedClientException:http://internal.amazon.com/coral/com.amazon.coral.service/"), "").await,
+            "store `xml`: permission denied for key `app/db`: HTTP 403 UnrecognizedClientException",
+        ),
+        (
+            refusing_endpoint(403, None, "").await,
+            "store `xml`: permission denied for key `app/db`: HTTP 403",
+        ),
+    ];
+    for (endpoint, expected) in cases {
+        let yaml = format!(
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata:\n  name: xml\n  annotations:\n    keyhook.io/aws-endpoint: {endpoint}\nspec:\n  provider:\n    aws:\n      service: SecretsManager\n      region: us-east-1\n"
+        );
+        let providers = layer(
+            &yaml,
+            AwsEnvironment::from_vars(|name| match name {
+                "AWS_ACCESS_KEY_ID" => Some("AKIDEXAMPLE".into()),
+                "AWS_SECRET_ACCESS_KEY" => Some("not-a-real-secret".into()),
+                _ => None,
+            }),
+        );
+        let error = read_app_db(&providers, "xml").await.unwrap_err();
+        assert_eq!(error.to_string(), expected);
+    }
+}
+
+#[test]
+fn the_sdks_endpoint_variables_are_honoured_in_their_order() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        AwsEnvironment::from_vars(move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    };
+    // The global variable serves every service.
+    let global = env(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")]);
+    assert_eq!(
+        global.secrets_manager_endpoint.as_deref(),
+        Some("http://127.0.0.1:4566")
+    );
+    assert_eq!(
+        global.sts_endpoint.as_deref(),
+        Some("http://127.0.0.1:4566")
+    );
+    // A service's own variable wins, then upstream's, then the global one.
+    let specific = env(&[
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ("AWS_SECRETSMANAGER_ENDPOINT", "http://127.0.0.1:5001"),
+        ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://127.0.0.1:5002"),
+        ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:5003"),
+    ]);
+    assert_eq!(
+        specific.secrets_manager_endpoint.as_deref(),
+        Some("http://127.0.0.1:5002")
+    );
+    assert_eq!(
+        specific.sts_endpoint.as_deref(),
+        Some("http://127.0.0.1:5003")
+    );
+    let upstream = env(&[
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ("AWS_SECRETSMANAGER_ENDPOINT", "http://127.0.0.1:5001"),
+    ]);
+    assert_eq!(
+        upstream.secrets_manager_endpoint.as_deref(),
+        Some("http://127.0.0.1:5001")
+    );
+    // As for the SDKs, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS turns theirs off.
+    let ignored = env(&[
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:5003"),
+        ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+    ]);
+    assert_eq!(ignored.secrets_manager_endpoint, None);
+    assert_eq!(ignored.sts_endpoint, None);
 }

@@ -259,10 +259,21 @@ fn stores_file_errors_name_document_and_field_and_keep_the_last_good_set() {
     );
     let errors = catalog.reload(&bad).unwrap_err();
     assert_eq!(errors.len(), 1);
-    let ProviderError::InvalidDocument { index, field, .. } = &errors[0] else {
+    let ProviderError::InvalidDocument {
+        document, field, ..
+    } = &errors[0]
+    else {
         panic!("{errors:?}")
     };
-    assert_eq!((*index, field.as_str()), (4, "spec.provider.vault.server"));
+    assert_eq!(
+        (*document, field.as_str()),
+        (5, "spec.provider.vault.server"),
+        "documents count from 1"
+    );
+    assert_eq!(
+        errors[0].to_string(),
+        "document 5 (SecretStore shop/broken): `spec.provider.vault.server`: invalid type: integer `42`, expected a string"
+    );
     let metrics = Arc::new(ProviderMetrics::unregistered());
     let catalog = Arc::new(catalog);
     let providers = Providers::new(ProviderSettings::default(), catalog.clone(), metrics);

@@ -124,6 +124,62 @@ async fn curl_speaks_http2_with_every_san() {
     server.stop().await;
 }
 
+/// curl's defaults (HTTP/2, a form content type) and a body past
+/// `--max-body`: keyhook's refusal reaches the user as its message, not as
+/// curl's `(92) Stream error in the HTTP/2 framing layer`, every time.
+#[tokio::test]
+async fn curl_over_http2_prints_the_415_and_413_messages() {
+    if !have_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let review = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/admission/pod-create-deployment.json"
+    );
+    let big = dir.path().join("9MB.json");
+    std::fs::write(&big, vec![b' '; 9 << 20]).unwrap();
+    let url = format!("https://localhost:{}/mutate-pod", server.webhook.port());
+    let cases: [(&[&str], String, &str); 2] = [
+        (
+            &["--data"],
+            format!("@{review}"),
+            "415 content type `application/x-www-form-urlencoded` is not supported: send a review as application/json",
+        ),
+        (
+            &["-H", "Content-Type: application/json", "--data-binary"],
+            format!("@{}", big.display()),
+            "413 request body is larger than the 8388608-byte limit (--max-body)",
+        ),
+    ];
+    for (args, body, expected) in &cases {
+        for _ in 0..5 {
+            let output = Command::new("curl")
+                .args(["-sS", "--cacert"])
+                .arg(dir.path().join("ca.crt"))
+                .args(*args)
+                .arg(body)
+                .args(["-w", "\nHTTP/%{http_version} %{http_code}"])
+                .arg(&url)
+                .output()
+                .await
+                .expect("curl runs");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let (message, answer) = stdout.rsplit_once('\n').unwrap();
+            let (code, text) = expected.split_once(' ').unwrap();
+            assert_eq!(answer, format!("HTTP/2 {code}"), "{stdout}");
+            assert_eq!(message.trim_end(), text);
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn openssl_verifies_the_chain_and_each_hostname() {
     if !have_tool("openssl") {

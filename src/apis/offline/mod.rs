@@ -97,6 +97,18 @@ impl fmt::Display for Warning {
     }
 }
 
+/// Paths of the fields of `object` (a `kind` in `version`) that keyhook's
+/// schema does not have, such as `spec.provider.fake.data[0].valu`: typos,
+/// mostly, which would otherwise be dropped without a word.
+pub fn unknown_fields(kind: Kind, version: Version, object: &Value) -> Result<Vec<String>, String> {
+    static SCHEMAS: std::sync::OnceLock<Result<Schemas, String>> = std::sync::OnceLock::new();
+    match SCHEMAS.get_or_init(|| Schemas::load().map_err(|e| e.to_string())) {
+        Ok(schemas) => Ok(schemas.unknown_fields(kind, version, object)),
+        // keyhook's own CRDs do not build: a defect, said as such.
+        Err(reason) => Err(format!("reading keyhook's CRD schemas: {reason}")),
+    }
+}
+
 /// Converts every `external-secrets.io` object of `input` to `to`.
 ///
 /// Documents are counted from 1 in errors and warnings. Nothing is returned

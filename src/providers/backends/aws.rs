@@ -15,10 +15,13 @@
 //! expire (the client is rebuilt at two thirds of their lifetime).
 //!
 //! The endpoint is `https://secretsmanager.<region>.amazonaws.com` unless the
-//! store's `keyhook.io/aws-endpoint` annotation (or upstream's
-//! `AWS_SECRETSMANAGER_ENDPOINT` variable) overrides it, e.g. for a local
-//! test server; STS is `https://sts.<region>.amazonaws.com` unless
-//! `AWS_ENDPOINT_URL_STS` says otherwise.
+//! store's `keyhook.io/aws-endpoint` annotation or the environment overrides
+//! it, e.g. for a local test server: the AWS SDKs' service-specific
+//! `AWS_ENDPOINT_URL_SECRETS_MANAGER`, upstream's
+//! `AWS_SECRETSMANAGER_ENDPOINT`, then the SDKs' global `AWS_ENDPOINT_URL`.
+//! STS is `https://sts.<region>.amazonaws.com` unless `AWS_ENDPOINT_URL_STS`
+//! or `AWS_ENDPOINT_URL` says otherwise. `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`
+//! turns the SDKs' variables off, as it does for the SDKs.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -58,10 +61,12 @@ pub struct AwsEnvironment {
     /// `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE` (IRSA: EKS's pod
     /// identity webhook sets them), with `AWS_ROLE_SESSION_NAME`.
     pub web_identity: Option<WebIdentity>,
-    /// `AWS_ENDPOINT_URL_STS`: STS's endpoint, instead of the region's.
+    /// STS's endpoint instead of the region's: `AWS_ENDPOINT_URL_STS`, else
+    /// `AWS_ENDPOINT_URL`.
     pub sts_endpoint: Option<String>,
-    /// `AWS_SECRETSMANAGER_ENDPOINT` (upstream's variable): Secrets
-    /// Manager's endpoint for stores without the annotation.
+    /// Secrets Manager's endpoint for stores without the annotation:
+    /// `AWS_ENDPOINT_URL_SECRETS_MANAGER`, else `AWS_SECRETSMANAGER_ENDPOINT`
+    /// (upstream's variable), else `AWS_ENDPOINT_URL`.
     pub secrets_manager_endpoint: Option<String>,
 }
 
@@ -112,11 +117,18 @@ impl AwsEnvironment {
             }),
             _ => None,
         };
+        // The SDKs' endpoint variables, unless told to ignore them.
+        let ignore_sdk_endpoints = var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let sdk_endpoint = |name: &str| var(name).filter(|_| !ignore_sdk_endpoints);
         Self {
             static_keys,
             web_identity,
-            sts_endpoint: var("AWS_ENDPOINT_URL_STS"),
-            secrets_manager_endpoint: var("AWS_SECRETSMANAGER_ENDPOINT"),
+            sts_endpoint: sdk_endpoint("AWS_ENDPOINT_URL_STS")
+                .or_else(|| sdk_endpoint("AWS_ENDPOINT_URL")),
+            secrets_manager_endpoint: sdk_endpoint("AWS_ENDPOINT_URL_SECRETS_MANAGER")
+                .or_else(|| var("AWS_SECRETSMANAGER_ENDPOINT"))
+                .or_else(|| sdk_endpoint("AWS_ENDPOINT_URL")),
         }
     }
 }
@@ -243,37 +255,104 @@ impl AwsClient {
         }
         let response = http.body(body).send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let error_type = response
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = Zeroizing::new(response.text().await.unwrap_or_default());
         if status == 200 {
-            return Ok(answer);
+            return serde_json::from_str(&text).map_err(|_| {
+                BackendError::Other(
+                    "HTTP 200, but the answer is not a GetSecretValue JSON object".into(),
+                )
+            });
         }
-        // `__type` may carry a namespace prefix: `com.amazonaws...#ThrottlingException`.
-        let kind = answer
-            .get("__type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .rsplit('#')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let message = answer
-            .get("message")
-            .or_else(|| answer.get("Message"))
-            .and_then(Value::as_str)
-            .unwrap_or("no message");
-        let text = format!("{kind}: {message}");
-        Err(match kind.as_str() {
-            "ResourceNotFoundException" => BackendError::NotFound(text),
+        let error = ErrorAnswer::parse(status, error_type.as_deref(), &text);
+        let message = error.to_string();
+        Err(match error.code.as_str() {
+            "ResourceNotFoundException" => BackendError::NotFound(message),
             "AccessDeniedException"
             | "UnrecognizedClientException"
             | "InvalidSignatureException"
-            | "ExpiredTokenException" => BackendError::Denied(text),
-            "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-                BackendError::Throttled(text)
+            | "SignatureDoesNotMatch"
+            | "InvalidClientTokenId"
+            | "ExpiredTokenException"
+            | "ExpiredToken" => BackendError::Denied(message),
+            "ThrottlingException"
+            | "Throttling"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded" => BackendError::Throttled(message),
+            "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => {
+                BackendError::Transient(message)
             }
-            "InternalServiceError" | "ServiceUnavailable" => BackendError::Transient(text),
-            _ => BackendError::from_status(status, text),
+            _ => BackendError::from_status(status, message),
         })
+    }
+}
+
+/// An AWS error answer, whichever shape it came in: the JSON protocol's
+/// `__type` and `message`, the query protocol's XML `<Error><Code>` and
+/// `<Message>` (what query endpoints and local emulators send), or only the
+/// `x-amzn-ErrorType` header and the status. Never the request's values: AWS
+/// messages name the secret, not its content.
+#[derive(Debug, PartialEq)]
+struct ErrorAnswer {
+    status: u16,
+    /// e.g. `AccessDeniedException`; empty when the answer names none.
+    code: String,
+    /// AWS's message; empty when it gave none.
+    message: String,
+}
+
+impl ErrorAnswer {
+    fn parse(status: u16, error_type: Option<&str>, body: &str) -> Self {
+        // `__type` and the header may carry a namespace prefix
+        // (`com.amazonaws...#ThrottlingException`) or a suffix (`:http://...`).
+        let bare = |code: &str| {
+            let code = code.rsplit('#').next().unwrap_or(code);
+            code.split(':').next().unwrap_or(code).trim().to_string()
+        };
+        let (code, message) = if let Ok(json) = serde_json::from_str::<Value>(body) {
+            let field = |names: &[&str]| {
+                names
+                    .iter()
+                    .find_map(|n| json.get(n).and_then(Value::as_str))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (
+                bare(&field(&["__type", "code", "Code"])),
+                field(&["message", "Message"]),
+            )
+        } else if let Some(error) = super::sts::xml_error(body) {
+            (error.code, error.message)
+        } else {
+            (String::new(), String::new())
+        };
+        let code = if code.is_empty() {
+            error_type.map(bare).unwrap_or_default()
+        } else {
+            code
+        };
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if !self.code.is_empty() {
+            write!(f, " {}", self.code)?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
     }
 }
 

@@ -116,9 +116,7 @@ impl Sts<'_> {
                 .map_err(|e| failed(format!("reading the answer: {e}")))?,
         );
         if !status.is_success() {
-            let error = quick_xml::de::from_str::<ErrorResponse>(&text)
-                .ok()
-                .and_then(ErrorResponse::into_error);
+            let error = xml_error(&text);
             return Err(failed(match error {
                 Some(error) => format!("{}: {}", error.code, error.message),
                 None => format!("HTTP {status}"),
@@ -186,8 +184,17 @@ struct IssuedCredentials {
     expiration: String,
 }
 
-/// STS answers `<ErrorResponse><Error>`; other Query services and local
-/// emulators nest it in `<Errors>`.
+/// The code and message of an AWS error answered in XML: STS answers
+/// `<ErrorResponse><Error>`, other query services and local emulators nest
+/// it in `<Errors>` or send `<Error>` alone.
+pub(super) fn xml_error(body: &str) -> Option<StsError> {
+    quick_xml::de::from_str::<ErrorResponse>(body)
+        .ok()
+        .and_then(ErrorResponse::into_error)
+        .or_else(|| quick_xml::de::from_str::<StsError>(body).ok())
+        .filter(|error| !error.code.is_empty())
+}
+
 #[derive(Deserialize)]
 struct ErrorResponse {
     #[serde(rename = "Error")]
@@ -208,12 +215,15 @@ impl ErrorResponse {
     }
 }
 
+/// An error an AWS query endpoint answered.
 #[derive(Deserialize)]
-struct StsError {
+pub(super) struct StsError {
+    /// e.g. `AccessDenied`.
     #[serde(rename = "Code")]
-    code: String,
+    pub(super) code: String,
+    /// AWS's explanation.
     #[serde(rename = "Message", default)]
-    message: String,
+    pub(super) message: String,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod cluster_objects;
 pub mod diff;
 pub mod fake_apiserver;
 pub mod injection;
+pub mod process;
 pub mod scenarios;
 pub mod schema;
 pub mod server;
