@@ -63,6 +63,20 @@ pub enum ReviewError {
 }
 
 impl ReviewError {
+    /// What was wrong, for the log: the message without what the client
+    /// sent (a malformed review's error may quote a value from it).
+    pub fn summary(&self) -> String {
+        match self {
+            ReviewError::Malformed {
+                expected,
+                api_version,
+                ..
+            } => format!("request body is not a valid {expected} ({api_version})"),
+            ReviewError::BodyRead(_) => "request body could not be read".to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {

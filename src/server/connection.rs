@@ -18,6 +18,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
@@ -39,6 +40,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::throttle::Throttle;
 pub use crate::config::ConnectionTimeouts;
 use crate::metrics::{CloseReason, ConnectionMetrics};
 
@@ -133,15 +135,18 @@ impl Drop for InFlight {
     }
 }
 
-/// A service whose requests are counted in the connection's [`Activity`].
+/// A service whose requests are counted in the connection's [`Activity`],
+/// and whose refused requests are logged with the client's address.
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    peer: SocketAddr,
+    refusals: Throttle,
 }
 
-impl<S> Service<http::Request<Incoming>> for Tracked<S>
+impl<S, B> Service<http::Request<Incoming>> for Tracked<S>
 where
-    S: Service<http::Request<Incoming>>,
+    S: Service<http::Request<Incoming>, Response = http::Response<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -150,6 +155,8 @@ where
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         TrackedFuture {
             in_flight: InFlight::start(&self.activity),
+            peer: self.peer,
+            refusals: self.refusals.clone(),
             inner: self.inner.call(request),
         }
     }
@@ -162,16 +169,39 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         in_flight: InFlight,
+        peer: SocketAddr,
+        refusals: Throttle,
     }
 }
 
-impl<F: Future> Future for TrackedFuture<F> {
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &result
+            && let Some(Refused(reason)) = response.extensions().get::<Refused>()
+            && let Some(suppressed) = this.refusals.admit()
+        {
+            tracing::info!(
+                peer = %this.peer,
+                status = response.status().as_u16(),
+                suppressed,
+                "refused a request: {reason}"
+            );
+        }
+        Poll::Ready(result)
     }
 }
+
+/// Marks a response that refused its request (HTTP 4xx or 503), with what
+/// the log may say about why: never a part of the request's content.
+#[derive(Debug, Clone)]
+pub struct Refused(pub String);
 
 /// What every connection of a listener shares.
 #[derive(Clone)]
@@ -187,12 +217,19 @@ pub struct ConnectionContext {
     pub shed: Arc<Notify>,
     /// Counts of connections closed, by reason.
     pub metrics: ConnectionMetrics,
+    /// Throttles the log lines of refused requests.
+    pub refusals: Throttle,
 }
 
 /// Serves HTTP on `io` until the client closes it or it is closed for one
 /// of the reasons above. `accepted` is when the TCP connection was accepted.
-pub async fn serve<I, S, B>(io: I, service: S, accepted: Instant, context: &ConnectionContext)
-where
+pub async fn serve<I, S, B>(
+    io: I,
+    peer: SocketAddr,
+    service: S,
+    accepted: Instant,
+    context: &ConnectionContext,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -205,6 +242,8 @@ where
     let tracked = Tracked {
         inner: service,
         activity: activity.clone(),
+        peer,
+        refusals: context.refusals.clone(),
     };
     let connection = context.http.serve_connection(TokioIo::new(io), tracked);
     tokio::pin!(connection);

@@ -197,6 +197,7 @@ where
             shutdown: shutdown.clone(),
             shed: Arc::new(Notify::new()),
             metrics: metrics.clone(),
+            refusals: Throttle::default(),
         };
         let handshake = Handshake {
             tls: tls.map(TlsAcceptor::from),
@@ -295,7 +296,7 @@ async fn serve_one<S>(
 {
     let _slot = slot;
     let Some(tls) = &handshake.tls else {
-        connection::serve(tcp, service, accepted, &context).await;
+        connection::serve(tcp, peer, service, accepted, &context).await;
         return;
     };
     let handshake = tokio::select! {
@@ -306,7 +307,7 @@ async fn serve_one<S>(
         () = context.shed.notified() => Err(CloseReason::Shed),
     };
     match handshake {
-        Ok(stream) => connection::serve(stream, service, accepted, &context).await,
+        Ok(stream) => connection::serve(stream, peer, service, accepted, &context).await,
         Err(reason) => context.metrics.closed(reason),
     }
 }

@@ -18,6 +18,7 @@ use kube::core::{admission::AdmissionResponse, conversion::ConversionReview};
 
 use super::{
     budget::{MemoryBudget, OverBudget, Reservation},
+    connection::Refused,
     offload::{CpuPool, OFFLOAD_FROM_BYTES, Overrun},
     record::RecordRequests,
 };
@@ -232,6 +233,7 @@ impl IntoResponse for ReviewError {
         tracing::debug!(error = %self, "rejected a webhook request");
         let status = self.status();
         let mut response = (status, format!("{self}\n")).into_response();
+        response.extensions_mut().insert(Refused(self.summary()));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

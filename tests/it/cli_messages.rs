@@ -297,3 +297,57 @@ fn logs_into_a_pipe_carry_no_colour_codes() {
     assert!(log.contains(" INFO keyhook: keyhook starting"), "{log}");
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
+
+/// Refused requests are logged at info with the client's address and what
+/// was wrong, never the content they sent.
+#[test]
+fn refused_requests_are_logged_with_the_peer() {
+    let workdir = tempfile::tempdir().unwrap();
+    let webhook = free_addr();
+    let mut command = keyhook(workdir.path());
+    command.args(["serve", "--webhook-addr", &webhook]);
+    command.args(["--health-addr", &free_addr()]);
+    let mut keyhook = Spawned::start(command);
+    keyhook.wait_for("webhooks on https://", Duration::from_secs(30));
+    let port = webhook.rsplit(':').next().unwrap();
+    let ca = workdir.path().join("certs/ca.crt");
+    let post = |content_type: &str, body: &str| {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "--cacert", ca.to_str().unwrap(), "-H", content_type])
+            .args(["--data-binary", body])
+            .arg(format!("https://localhost:{port}/mutate-pod"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    };
+    post("Content-Type: text/plain", "hello");
+    post(
+        "Content-Type: application/json",
+        r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":7,"secret":"hunter2"}}"#,
+    );
+    let log = keyhook.wait_for("is not a valid AdmissionReview", Duration::from_secs(30));
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused a request"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    assert!(refusals[0].contains(" INFO "), "{}", refusals[0]);
+    assert!(refusals[0].contains("peer=127.0.0.1:"), "{}", refusals[0]);
+    assert!(refusals[0].contains("status=415"), "{}", refusals[0]);
+    assert!(
+        refusals[0].contains(
+            "refused a request: content type `text/plain` is not supported: send a review as application/json peer="
+        ),
+        "{}",
+        refusals[0]
+    );
+    assert!(refusals[1].contains("status=400"), "{}", refusals[1]);
+    assert!(
+        refusals[1].contains(
+            "refused a request: request body is not a valid AdmissionReview (admission.k8s.io/v1) peer="
+        ),
+        "{}",
+        refusals[1]
+    );
+    assert!(!log.contains("hunter2"), "{log}");
+}
