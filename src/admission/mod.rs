@@ -1,9 +1,12 @@
-//! Admission: decoding reviews, the webhooks' decisions, and JSON patches.
+//! The review plumbing every webhook route shares: decoding an
+//! AdmissionReview or ConversionReview into just the fields keyhook reads,
+//! the one mapping from a malformed body to an HTTP status, and answering
+//! within the request's deadline (a handler that overruns gets a denial that
+//! says so).
 //!
-//! Handlers here are functions from a decoded request to a response; the
-//! HTTP edge lives in [`crate::server`].
+//! The decisions themselves live with their concern: pods in
+//! [`crate::injection`], the custom resources in [`crate::apis`].
 
-pub mod pod;
 pub mod review;
 
 pub use review::{

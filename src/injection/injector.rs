@@ -30,7 +30,7 @@ type Flight = Shared<BoxFuture<'static, Result<Keys, InjectionError>>>;
 
 /// The injector every replica runs behind `/mutate-pod`. Cheap to clone.
 #[derive(Clone)]
-pub struct Injector {
+pub struct PodInjector {
     inner: Arc<Inner>,
 }
 
@@ -42,13 +42,13 @@ struct Inner {
     flights: Mutex<HashMap<(String, String), Flight>>,
 }
 
-impl std::fmt::Debug for Injector {
+impl std::fmt::Debug for PodInjector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Injector").finish_non_exhaustive()
+        f.debug_struct("PodInjector").finish_non_exhaustive()
     }
 }
 
-impl Injector {
+impl PodInjector {
     /// An injector fetching from `source` and keeping Secrets in `secrets`.
     pub fn new(
         source: Arc<dyn ValueSource>,
@@ -73,8 +73,8 @@ impl Injector {
         request: &AdmissionRequest<AdmittedPod>,
         deadline: Instant,
     ) -> AdmissionResponse {
-        if !crate::admission::pod::is_v1_pod(&request.kind) {
-            return crate::admission::pod::mutate(request);
+        if let Some(response) = super::pod::misrouted(request) {
+            return response;
         }
         let Some(pod) = &request.object else {
             return AdmissionResponse::from(request);

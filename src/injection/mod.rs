@@ -3,7 +3,7 @@
 //! entering the pod spec.
 //!
 //! ```text
-//! /mutate-pod ─▶ Injector::admit
+//! /mutate-pod ─▶ PodInjector::admit
 //!                  ├─ reference::PodRequest::from_pod     parse (pure)
 //!                  ├─ ValueSource (provider layer)        resolve store, fetch
 //!                  ├─ SecretBackend (cluster | files)     materialize keyhook-<hash>, single-flight
@@ -21,7 +21,7 @@ pub mod secret;
 pub mod source;
 
 pub use caches::ManagedCaches;
-pub use injector::Injector;
+pub use injector::PodInjector;
 pub use pod::AdmittedPod;
 pub use reference::{PodRequest, Reference, ReferenceError, SecretSpec};
 pub use refresh::{RefreshSettings, run_gc, run_refresh};

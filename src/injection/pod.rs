@@ -12,6 +12,8 @@
 use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1::{EnvVar, VolumeMount};
+use kube::core::GroupVersionKind;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
 };
@@ -65,6 +67,30 @@ pub struct AdmittedVolume {
     /// The volume name.
     #[serde(default)]
     pub name: String,
+}
+
+/// Whether `kind` is a core v1 Pod, the only kind `/mutate-pod` changes.
+pub fn is_v1_pod(kind: &GroupVersionKind) -> bool {
+    kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod"
+}
+
+/// The answer to a review of another kind than a v1 Pod: admitted unchanged,
+/// with a warning that names the kind. `None` for a v1 Pod.
+pub fn misrouted<T: kube::core::Resource>(
+    request: &AdmissionRequest<T>,
+) -> Option<AdmissionResponse> {
+    let kind = &request.kind;
+    if is_v1_pod(kind) {
+        return None;
+    }
+    // Blocking a misrouted object would turn a webhook misconfiguration
+    // into an outage of that resource.
+    let mut response = AdmissionResponse::from(request);
+    response.warnings = Some(vec![format!(
+        "keyhook's /mutate-pod only mutates v1 Pods; {}/{} {} was admitted unchanged",
+        kind.group, kind.version, kind.kind
+    )]);
+    Some(response)
 }
 
 /// Decodes an `ObjectMeta` skipping `managedFields`, the largest and least
@@ -180,6 +206,28 @@ mod tests {
         let admitted: AdmittedPod = serde_json::from_value(deployment).unwrap();
         assert_eq!(admitted.metadata.name.as_deref(), Some("web"));
         assert!(admitted.spec.unwrap().containers.is_empty());
+    }
+
+    #[test]
+    fn a_pod_is_not_misrouted() {
+        let request =
+            crate::admission::decode_admission::<AdmittedPod>(REVIEW.as_bytes()).unwrap();
+        assert!(misrouted(&request).is_none());
+    }
+
+    #[test]
+    fn another_kind_is_admitted_with_a_warning() {
+        let review = REVIEW.replacen(
+            r#""kind": {"group": "", "version": "v1", "kind": "Pod"}"#,
+            r#""kind": {"group": "apps", "version": "v1", "kind": "Deployment"}"#,
+            1,
+        );
+        let request =
+            crate::admission::decode_admission::<AdmittedPod>(review.as_bytes()).unwrap();
+        let response = misrouted(&request).unwrap();
+        assert!(response.allowed);
+        assert!(response.patch.is_none());
+        assert!(response.warnings.unwrap()[0].contains("apps/v1 Deployment"));
     }
 
     #[test]

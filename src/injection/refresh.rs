@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Injector;
+use super::PodInjector;
 use super::secret::ManagedSecret;
 use crate::metrics::{RefreshResult, SecretControllerMetrics};
 use crate::providers::StoreKind;
@@ -102,7 +102,7 @@ impl Pacer {
 
 /// The refresh loop of one leader term; returns when `term` is cancelled.
 pub async fn run_refresh(
-    injector: Injector,
+    injector: PodInjector,
     settings: RefreshSettings,
     metrics: SecretControllerMetrics,
     term: CancellationToken,
@@ -226,7 +226,7 @@ pub async fn run_refresh(
 
 /// Folds a fresh listing into the schedule; returns the entries (re)scheduled.
 fn merge(
-    injector: &Injector,
+    injector: &PodInjector,
     settings: &RefreshSettings,
     schedule: &mut HashMap<SecretId, Entry>,
     listed: Vec<ManagedSecret>,
@@ -288,7 +288,7 @@ fn merge(
     changed
 }
 
-fn interval(injector: &Injector, secret: &ManagedSecret) -> Duration {
+fn interval(injector: &PodInjector, secret: &ManagedSecret) -> Duration {
     injector
         .source()
         .policy(&secret.spec.store_ref(), &secret.namespace)
@@ -299,7 +299,7 @@ fn interval(injector: &Injector, secret: &ManagedSecret) -> Duration {
 
 /// The time until the next refresh after one that just happened.
 fn next_interval(
-    injector: &Injector,
+    injector: &PodInjector,
     settings: &RefreshSettings,
     secret: &ManagedSecret,
 ) -> Duration {
@@ -308,7 +308,7 @@ fn next_interval(
 }
 
 fn due_after(
-    injector: &Injector,
+    injector: &PodInjector,
     settings: &RefreshSettings,
     secret: &ManagedSecret,
     wall: OffsetDateTime,
@@ -324,7 +324,7 @@ fn due_after(
 }
 
 /// After a failed refresh: a tenth of the interval, at most a minute.
-fn retry_after(injector: &Injector, secret: &ManagedSecret) -> Duration {
+fn retry_after(injector: &PodInjector, secret: &ManagedSecret) -> Duration {
     (interval(injector, secret) / 10).min(Duration::from_secs(60))
 }
 
@@ -335,7 +335,7 @@ fn store_id(secret: &ManagedSecret) -> StoreId {
 }
 
 /// The GC loop of one leader term; returns when `term` is cancelled.
-pub async fn run_gc(injector: Injector, settings: RefreshSettings, term: CancellationToken) {
+pub async fn run_gc(injector: PodInjector, settings: RefreshSettings, term: CancellationToken) {
     let mut unreferenced_since: HashMap<SecretId, Instant> = HashMap::new();
     loop {
         tokio::select! {
@@ -350,7 +350,7 @@ pub async fn run_gc(injector: Injector, settings: RefreshSettings, term: Cancell
 }
 
 async fn gc_pass(
-    injector: &Injector,
+    injector: &PodInjector,
     settings: &RefreshSettings,
     unreferenced_since: &mut HashMap<SecretId, Instant>,
 ) {

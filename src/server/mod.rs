@@ -25,7 +25,7 @@ use crate::{
     clock::SystemClock,
     config::{CertMode, ConnectionTimeouts, ServeArgs},
     health,
-    injection::{self, FileSecrets, Injector, MeteredSecrets},
+    injection::{self, FileSecrets, PodInjector, MeteredSecrets},
     leader::{self, Leadership},
     metrics::Metrics,
     providers::{FileCatalog, Providers, log_stores_loaded},
@@ -79,7 +79,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     serving: Arc<ServingCert>,
     client: Option<kube::Client>,
-    injector: Injector,
+    injector: PodInjector,
     stores_synced: Option<Arc<dyn ReadinessCheck>>,
     webhook: TcpListener,
     health: TcpListener,
@@ -262,7 +262,7 @@ fn build_injector(
     args: &ServeArgs,
     client: Option<&kube::Client>,
     metrics: &Metrics,
-) -> Result<(Injector, Option<Arc<dyn ReadinessCheck>>), Error> {
+) -> Result<(PodInjector, Option<Arc<dyn ReadinessCheck>>), Error> {
     let settings = args.providers.settings();
     if let Some(client) = client {
         let cluster =
@@ -293,7 +293,7 @@ fn build_injector(
         metrics.secret_writes.clone(),
     );
     let providers = Providers::new(settings, catalog, metrics.providers.clone());
-    let injector = Injector::new(
+    let injector = PodInjector::new(
         Arc::new(providers),
         Arc::new(secrets),
         Arc::new(SystemClock),
@@ -313,7 +313,7 @@ fn stores_error(path: &std::path::Path, errors: Vec<crate::providers::ProviderEr
 /// Refresh and GC of the managed Secrets, on the leader only.
 fn spawn_secret_loops(
     args: &ServeArgs,
-    injector: &Injector,
+    injector: &PodInjector,
     metrics: &Metrics,
     leadership: Leadership,
     shutdown: &CancellationToken,

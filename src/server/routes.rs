@@ -26,7 +26,7 @@ pub use crate::config::WebhookSettings;
 use crate::{
     admission::{self, Deadline, ReviewError},
     apis::{self, Kind, validate},
-    injection::Injector,
+    injection::PodInjector,
     metrics::Metrics,
 };
 
@@ -57,7 +57,7 @@ struct SharedState {
     settings: WebhookSettings,
     budget: MemoryBudget,
     cpu: CpuPool,
-    injector: Option<Injector>,
+    injector: Option<PodInjector>,
 }
 
 /// The service of the HTTPS webhook listener: its routes, every request
@@ -69,7 +69,7 @@ pub type WebhookService = RecordRequests<Router>;
 pub fn webhook_service(
     settings: WebhookSettings,
     metrics: &Metrics,
-    injector: Option<Injector>,
+    injector: Option<PodInjector>,
 ) -> WebhookService {
     let budget = MemoryBudget::new(
         settings.max_inflight_bytes,
@@ -123,7 +123,7 @@ async fn mutate_pod(
     let response = admission::admit_within(deadline, &request, async {
         match &state.0.injector {
             Some(injector) => injector.admit(&request, deadline.at).await,
-            None => admission::pod::mutate(&request),
+            None => AdmissionResponse::from(&*request),
         }
     })
     .await;

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use keyhook::admission::decode_admission;
 use keyhook::clock::{Clock, TokioClock};
 use keyhook::injection::{
-    ClusterSecrets, Injector, ManagedCaches, ManagedSecret, MeteredSecrets, Reference,
+    ClusterSecrets, PodInjector, ManagedCaches, ManagedSecret, MeteredSecrets, Reference,
     SecretBackend, SecretSpec,
 };
 use keyhook::metrics::providers::ProviderMetrics;
@@ -59,13 +59,13 @@ fn demo_spec() -> SecretSpec {
 fn injector(
     client: kube::Client,
     clock: Arc<dyn Clock>,
-) -> (Injector, Arc<ProviderMetrics>, SecretWriteMetrics) {
+) -> (PodInjector, Arc<ProviderMetrics>, SecretWriteMetrics) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let catalog = Arc::new(FileCatalog::from_file(&root.join("examples/stores.yaml")).unwrap());
     let metrics = Arc::new(ProviderMetrics::unregistered());
     let providers = Providers::new(ProviderSettings::default(), catalog, metrics.clone());
     let writes = SecretWriteMetrics::default();
-    let injector = Injector::new(
+    let injector = PodInjector::new(
         Arc::new(providers),
         Arc::new(MeteredSecrets::new(
             ClusterSecrets::new(client),

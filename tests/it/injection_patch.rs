@@ -13,7 +13,7 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use keyhook::admission::decode_admission;
 use keyhook::clock::SystemClock;
-use keyhook::injection::{FileSecrets, Injector, SecretBackend};
+use keyhook::injection::{FileSecrets, PodInjector, SecretBackend};
 use keyhook::metrics::PodInjectionMetrics;
 use keyhook::metrics::providers::ProviderMetrics;
 use keyhook::providers::{FileCatalog, ProviderSettings, Providers};
@@ -50,14 +50,14 @@ fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn injector(secrets_dir: &Path) -> Injector {
+fn injector(secrets_dir: &Path) -> PodInjector {
     let catalog = Arc::new(FileCatalog::from_file(&root().join("examples/stores.yaml")).unwrap());
     let providers = Providers::new(
         ProviderSettings::default(),
         catalog,
         Arc::new(ProviderMetrics::unregistered()),
     );
-    Injector::new(
+    PodInjector::new(
         Arc::new(providers),
         Arc::new(FileSecrets::new(secrets_dir)),
         Arc::new(SystemClock),

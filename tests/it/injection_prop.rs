@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keyhook::admission::decode_admission;
 use keyhook::clock::SystemClock;
-use keyhook::injection::{FileSecrets, Injector};
+use keyhook::injection::{FileSecrets, PodInjector};
 use keyhook::metrics::PodInjectionMetrics;
 use keyhook::metrics::providers::ProviderMetrics;
 use keyhook::providers::{FileCatalog, ProviderSettings, Providers};
@@ -205,7 +205,7 @@ proptest! {
             let dir = tempfile::tempdir().unwrap();
             let catalog = Arc::new(FileCatalog::from_yaml(&stores_yaml(&case.values)).unwrap());
             let providers = Providers::new(ProviderSettings { qps: 1e6, burst: 10_000, ..Default::default() }, catalog, Arc::new(ProviderMetrics::unregistered()));
-            let injector = Injector::new(Arc::new(providers), Arc::new(FileSecrets::new(dir.path())), Arc::new(SystemClock), PodInjectionMetrics::default());
+            let injector = PodInjector::new(Arc::new(providers), Arc::new(FileSecrets::new(dir.path())), Arc::new(SystemClock), PodInjectionMetrics::default());
             let deadline = || Instant::now() + Duration::from_secs(8);
 
             let mut pod = pod(&case);

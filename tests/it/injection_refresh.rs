@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keyhook::clock::{Clock, TokioClock};
 use keyhook::injection::{
-    Injector, ManagedSecret, Reference, RefreshSettings, SecretSpec, run_gc, run_refresh,
+    PodInjector, ManagedSecret, Reference, RefreshSettings, SecretSpec, run_gc, run_refresh,
 };
 use keyhook::metrics::{Metrics, PodInjectionMetrics};
 use keyhook::providers::StoreKind;
@@ -43,8 +43,8 @@ fn setup(
     clock: Arc<dyn Clock>,
     secrets: Arc<MemorySecrets>,
     backend: Arc<CountingBackend>,
-) -> Injector {
-    Injector::new(backend, secrets, clock, PodInjectionMetrics::default())
+) -> PodInjector {
+    PodInjector::new(backend, secrets, clock, PodInjectionMetrics::default())
 }
 
 #[tokio::test(start_paused = true)]
