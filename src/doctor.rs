@@ -29,11 +29,13 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 
-use super::{
+use crate::certs::{
     Inspection, ServiceIdentity, TrustRoots,
-    check::rfc3339,
-    inject::{self, ManagedObject, ServiceRef},
-    store::ApiError,
+    cluster::{
+        ca_bundle::{self, ManagedObject, ServiceRef},
+        secret::ApiError,
+    },
+    rfc3339,
 };
 
 /// Certificates closer than this to their end are reported.
@@ -107,7 +109,7 @@ pub fn evaluate(gathered: &Gathered, cluster_domain: &str, now: i64) -> Vec<Line
         lines.push(Line::Finding {
             problem: format!(
                 "no webhook configuration or CRD with a conversion webhook is labelled {}",
-                inject::PART_OF_SELECTOR
+                ca_bundle::PART_OF_SELECTOR
             ),
             fix: "install keyhook's chart, or label the objects that call keyhook with app.kubernetes.io/part-of=keyhook".into(),
         });
@@ -256,7 +258,7 @@ fn judge_served(
 /// endpoint of each Service port they call with SNI `<svc>.<ns>.svc`, as
 /// the apiserver does.
 pub async fn gather(client: &Client) -> Result<Gathered, ApiError> {
-    let labelled = ListParams::default().labels(inject::PART_OF_SELECTOR);
+    let labelled = ListParams::default().labels(ca_bundle::PART_OF_SELECTOR);
     let list_error = |what: &str| {
         let what = what.to_string();
         move |e| ApiError::from_kube("listing", what, e)

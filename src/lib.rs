@@ -11,6 +11,7 @@ pub mod apis;
 pub mod certs;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod health;
 pub mod injection;
 pub mod leader;
@@ -19,3 +20,8 @@ pub mod providers;
 pub mod readiness;
 pub mod reflectors;
 pub mod server;
+
+/// The name keyhook writes under: the server-side apply field manager of
+/// every object it writes, and the `app.kubernetes.io/managed-by` value of
+/// the Secrets it manages.
+pub const FIELD_MANAGER: &str = "keyhook";

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use keyhook::{
     apis,
     certs::{self, Inspection, SubjectAltName},
+    doctor,
     config::{CertArgs, LogArgs, LogFormat, RunMode, ServeArgs, ServiceArgs},
     server::{Mode, Server},
 };
@@ -327,8 +328,8 @@ fn doctor(cluster_domain: &str) -> anyhow::Result<ExitCode> {
     let lines = runtime.block_on(async {
         let (client, target) = keyhook::server::mode::connect().await?;
         eprintln!("checking context {} ({})", target.context, target.server);
-        let gathered = certs::doctor::gather(&client).await?;
-        anyhow::Ok(certs::doctor::evaluate(
+        let gathered = doctor::gather(&client).await?;
+        anyhow::Ok(doctor::evaluate(
             &gathered,
             cluster_domain,
             OffsetDateTime::now_utc().unix_timestamp(),
@@ -340,7 +341,7 @@ fn doctor(cluster_domain: &str) -> anyhow::Result<ExitCode> {
     }
     let findings = lines
         .iter()
-        .filter(|l| matches!(l, certs::doctor::Line::Finding { .. }))
+        .filter(|l| matches!(l, doctor::Line::Finding { .. }))
         .count();
     if findings == 0 {
         writeln!(

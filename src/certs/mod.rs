@@ -1,5 +1,8 @@
-//! Certificates: generation (rcgen), parsing and checks (x509-parser), the
-//! SAN list, storage in a directory, and the resolver that serves them.
+//! Certificates as TLS material: generation (rcgen), parsing and checks
+//! (x509-parser), the SAN list, a certificate directory and its watcher, and
+//! the resolver that serves them. Nothing here talks to a cluster; the
+//! cluster side (the certificate Secret, caBundle injection, the rotation
+//! controller) is [`cluster`].
 //!
 //! The flow is always the same whoever issues the certificate: PEM files are
 //! read into a [`PemBundle`], checked into a [`LoadedCert`], and installed in
@@ -7,16 +10,10 @@
 //! that fails the checks never replaces a good certificate.
 
 mod check;
-pub mod controller;
+pub mod cluster;
 mod dir;
-pub mod doctor;
-pub mod external;
 mod generate;
-pub mod inject;
 mod resolver;
-pub mod rotation;
-pub mod store;
-pub mod trust;
 mod verify;
 mod watch;
 

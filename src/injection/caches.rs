@@ -17,8 +17,9 @@ use kube::{Api, Client};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::reference::{INJECT_LABEL, INJECTED_ANNOTATION};
+use crate::FIELD_MANAGER;
 use super::secret::{
-    FETCHED_AT_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, ManagedSecret, REFERENCES_ANNOTATION,
+    FETCHED_AT_ANNOTATION, MANAGED_BY_LABEL, ManagedSecret, REFERENCES_ANNOTATION,
     record_from_meta,
 };
 

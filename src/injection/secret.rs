@@ -25,10 +25,9 @@ use time::format_description::well_known::Rfc3339;
 use super::caches::ManagedCaches;
 use super::reference::SecretSpec;
 use crate::metrics::{SecretWrite, SecretWriteMetrics};
+use crate::FIELD_MANAGER;
 use crate::providers::SecretValue;
 
-/// The field manager of every write.
-pub const FIELD_MANAGER: &str = "keyhook";
 /// The label marking a Secret as keyhook's.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The annotation holding the references (never values).

@@ -373,7 +373,7 @@ impl LeaderElector {
 
     fn post_params(&self) -> PostParams {
         PostParams {
-            field_manager: Some(crate::certs::inject::FIELD_MANAGER.into()),
+            field_manager: Some(crate::FIELD_MANAGER.into()),
             ..PostParams::default()
         }
     }

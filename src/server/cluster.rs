@@ -13,16 +13,18 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     certs::{
         CA_VALIDITY, ServiceIdentity, ServingCert,
-        controller::CertController,
-        external,
-        inject::{self, Injector},
-        rotation::IssuePolicy,
-        store::SecretStore,
-        trust::InjectedTrust,
+        cluster::{
+            ca_bundle::{self, CaBundleInjector},
+            controller::CertController,
+            external::{self, ExternalInjector},
+            rotation::IssuePolicy,
+            secret::CertSecret,
+            trust::InjectedTrust,
+        },
     },
     clock::Clock,
     config::{CertMode, ServeArgs},
-    injection::{ClusterSecrets, Injector as PodInjector, ManagedCaches, MeteredSecrets},
+    injection::{ClusterSecrets, ManagedCaches, MeteredSecrets, PodInjector},
     leader::{self, LeaderElector, Leadership, LeaseSettings},
     metrics::Metrics,
     providers::{ClusterCatalog, ProviderSettings, Providers},
@@ -113,20 +115,20 @@ impl ClusterTasks {
             Leadership::fixed(true)
         };
 
-        let (managed, watches) = inject::watch_managed(client.clone(), background.clone());
+        let (managed, watches) = ca_bundle::watch_managed(client.clone(), background.clone());
         tasks.extend(watches);
         let readiness: Arc<dyn ReadinessCheck> =
             Arc::new(InjectedTrust::new(serving.clone(), managed.clone()));
 
         match mode {
             CertMode::SelfManaged => {
-                let store = SecretStore::new(client.clone(), &identity.namespace, &secret);
+                let store = CertSecret::new(client.clone(), &identity.namespace, &secret);
                 let (secret_changes, follower) =
                     store.follow(serving, clock.clone(), background.clone());
                 tasks.push(follower);
                 let controller = CertController::new(
                     store,
-                    Injector::new(client, identity.clone(), metrics.cluster.clone()),
+                    CaBundleInjector::new(client, identity.clone(), metrics.cluster.clone()),
                     managed,
                     secret_changes,
                     policy,
@@ -143,9 +145,9 @@ impl ClusterTasks {
             }
             mode @ (CertMode::Openshift | CertMode::External) => {
                 let injector = if mode == CertMode::Openshift {
-                    external::Injector::OpenShift
+                    ExternalInjector::OpenShift
                 } else {
-                    external::Injector::CertManager
+                    ExternalInjector::CertManager
                 };
                 tasks.push(external::spawn_reporter(
                     injector, managed, serving, clock, background,

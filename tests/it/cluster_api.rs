@@ -13,11 +13,13 @@ use k8s_openapi::{
 use keyhook::{
     certs::{
         ServiceIdentity, ServingCert,
-        controller::{CertController, Round},
-        inject::{Injector, ManagedObject, ManagedSnapshot},
-        rotation::IssuePolicy,
-        store::{SecretStore, StoredCerts},
-        trust::{self, InjectedTrust},
+        cluster::{
+            ca_bundle::{CaBundleInjector, ManagedObject, ManagedSnapshot},
+            controller::{CertController, Round},
+            rotation::IssuePolicy,
+            secret::{CertSecret, StoredCerts},
+            trust::{self, InjectedTrust},
+        },
     },
     clock::{Clock, SystemClock},
     leader::{LeaderElector, LeaseSettings},
@@ -199,8 +201,8 @@ fn controller(
     let (managed_tx, managed) = watch::channel(snapshot);
     let (_secret_tx, secret_changes) = watch::channel(0);
     let controller = CertController::new(
-        SecretStore::new(client.clone(), "keyhook", "keyhook-tls"),
-        Injector::new(client, service(), metrics.cluster.clone()),
+        CertSecret::new(client.clone(), "keyhook", "keyhook-tls"),
+        CaBundleInjector::new(client, service(), metrics.cluster.clone()),
         managed,
         secret_changes,
         policy(),
@@ -364,7 +366,7 @@ async fn injection_applies_exactly_the_owned_fields_of_each_webhook() {
     scenario(async {
         let (client, mut api) = ApiServerVerifier::new();
         let metrics = Metrics::new();
-        let injector = Injector::new(client, service(), metrics.cluster.clone());
+        let injector = CaBundleInjector::new(client, service(), metrics.cluster.clone());
         let bundle = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         let object = mwc();
         let inject = tokio::spawn(async move { injector.inject(&object, bundle).await });
@@ -406,7 +408,7 @@ async fn injection_into_a_crd_sets_only_its_conversion_client_config() {
     scenario(async {
         let (client, mut api) = ApiServerVerifier::new();
         let metrics = Metrics::new();
-        let injector = Injector::new(client, service(), metrics.cluster.clone());
+        let injector = CaBundleInjector::new(client, service(), metrics.cluster.clone());
         let object = crd();
         let inject = tokio::spawn(async move { injector.inject(&object, "PEM").await });
         let patch = api.expect("PATCH", &format!("{CRD}{APPLY_QUERY}")).await;
@@ -433,7 +435,7 @@ async fn a_failed_injection_names_the_object_and_is_counted() {
     scenario(async {
         let (client, mut api) = ApiServerVerifier::new();
         let metrics = Metrics::new();
-        let injector = Injector::new(client, service(), metrics.cluster.clone());
+        let injector = CaBundleInjector::new(client, service(), metrics.cluster.clone());
         let object = mwc();
         let inject = tokio::spawn(async move { injector.inject(&object, "PEM").await });
         api.expect("PATCH", &format!("{MWC}{APPLY_QUERY}"))

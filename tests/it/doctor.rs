@@ -9,10 +9,9 @@ use std::{sync::Arc, time::Duration};
 
 use keyhook::{
     certs::{
-        CertificateAuthority, PemBundle, ServiceIdentity, ServingCert,
-        doctor::{self, Line},
-        inject::ServiceRef,
+        CertificateAuthority, PemBundle, ServiceIdentity, ServingCert, cluster::ca_bundle::ServiceRef,
     },
+    doctor::{self, Line},
     metrics::Metrics,
     server::listener,
 };
@@ -157,7 +156,7 @@ fn keyhook_https() -> ServiceRef {
 }
 
 fn gathered_with(bundle: Option<&str>, probe: doctor::ServiceProbe) -> doctor::Gathered {
-    let mut object = keyhook::certs::inject::ManagedObject::from_mutating(&support::typed(
+    let mut object = keyhook::certs::cluster::ca_bundle::ManagedObject::from_mutating(&support::typed(
         "mutatingwebhookconfiguration-keyhook.json",
     ));
     object.client_configs[0].ca_bundle = bundle.map(String::from);

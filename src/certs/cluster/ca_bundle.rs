@@ -29,13 +29,13 @@ use serde_json::{Value, json};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use super::{ServiceIdentity, store::ApiError};
+use super::secret::ApiError;
+use crate::FIELD_MANAGER;
+use crate::certs::ServiceIdentity;
 use crate::metrics::{ClusterMetrics, InjectionKind, InjectionResult};
 
 /// The label that marks an object as calling keyhook.
 pub const PART_OF_SELECTOR: &str = "app.kubernetes.io/part-of=keyhook";
-/// The server-side apply field manager of every keyhook write.
-pub const FIELD_MANAGER: &str = "keyhook";
 
 /// One managed object, by kind and name (all three kinds are cluster-scoped).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -388,21 +388,21 @@ pub(crate) fn kind_name(kind: InjectionKind) -> &'static str {
 
 /// Writes caBundles (leader only).
 #[derive(Clone)]
-pub struct Injector {
+pub struct CaBundleInjector {
     client: Client,
     service: ServiceIdentity,
     metrics: ClusterMetrics,
 }
 
-impl fmt::Debug for Injector {
+impl fmt::Debug for CaBundleInjector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Injector")
+        f.debug_struct("CaBundleInjector")
             .field("service", &self.service)
             .finish_non_exhaustive()
     }
 }
 
-impl Injector {
+impl CaBundleInjector {
     /// An injector pointing objects at `service`.
     pub fn new(client: Client, service: ServiceIdentity, metrics: ClusterMetrics) -> Self {
         Self {

@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Error, ServiceIdentity,
-    inject::{Injector, ManagedSnapshot},
+    ca_bundle::{CaBundleInjector, ManagedSnapshot},
     rotation::{self, IssuePolicy, Plan},
-    store::{ApiError, SecretStore},
+    secret::{ApiError, CertSecret},
 };
+use crate::certs::{Error, ServiceIdentity};
 use crate::{clock::Clock, metrics::ClusterMetrics};
 
 /// Longest wait between two looks, so a clock jump is noticed within it.
@@ -45,8 +45,8 @@ pub enum Round {
 /// The leader's certificate controller.
 #[derive(Debug, Clone)]
 pub struct CertController {
-    store: SecretStore,
-    injector: Injector,
+    store: CertSecret,
+    injector: CaBundleInjector,
     managed: watch::Receiver<ManagedSnapshot>,
     secret_changes: watch::Receiver<u64>,
     policy: IssuePolicy,
@@ -61,8 +61,8 @@ impl CertController {
     /// controller.
     #[allow(clippy::too_many_arguments)] // each is a distinct collaborator
     pub fn new(
-        store: SecretStore,
-        injector: Injector,
+        store: CertSecret,
+        injector: CaBundleInjector,
         managed: watch::Receiver<ManagedSnapshot>,
         secret_changes: watch::Receiver<u64>,
         policy: IssuePolicy,

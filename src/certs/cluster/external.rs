@@ -10,10 +10,10 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ServingCert,
-    inject::{ManagedObject, ManagedSnapshot},
+    ca_bundle::{ManagedObject, ManagedSnapshot},
     trust::untrusting,
 };
+use crate::certs::ServingCert;
 use crate::clock::Clock;
 
 /// OpenShift's service-ca operator injects into objects with this annotation set to `"true"`.
@@ -26,21 +26,21 @@ pub const CERT_MANAGER_INJECT_ANNOTATIONS: [&str; 2] = [
 
 /// Who injects the bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Injector {
+pub enum ExternalInjector {
     /// OpenShift's service-ca operator.
     OpenShift,
     /// cert-manager's CA injector (or the user).
     CertManager,
 }
 
-impl Injector {
+impl ExternalInjector {
     fn asks_for_injection(self, object: &ManagedObject) -> bool {
         match self {
-            Injector::OpenShift => object
+            ExternalInjector::OpenShift => object
                 .annotations
                 .get(OPENSHIFT_INJECT_ANNOTATION)
                 .is_some_and(|v| v == "true"),
-            Injector::CertManager => CERT_MANAGER_INJECT_ANNOTATIONS
+            ExternalInjector::CertManager => CERT_MANAGER_INJECT_ANNOTATIONS
                 .iter()
                 .any(|a| object.annotations.contains_key(*a)),
         }
@@ -48,8 +48,8 @@ impl Injector {
 
     fn annotation_hint(self) -> String {
         match self {
-            Injector::OpenShift => format!("{OPENSHIFT_INJECT_ANNOTATION}: \"true\""),
-            Injector::CertManager => format!(
+            ExternalInjector::OpenShift => format!("{OPENSHIFT_INJECT_ANNOTATION}: \"true\""),
+            ExternalInjector::CertManager => format!(
                 "{}: <namespace>/<certificate>",
                 CERT_MANAGER_INJECT_ANNOTATIONS[0]
             ),
@@ -58,7 +58,7 @@ impl Injector {
 }
 
 /// Each managed object that does not ask `injector` for the bundle.
-pub fn missing_annotations(injector: Injector, snapshot: &ManagedSnapshot) -> Vec<String> {
+pub fn missing_annotations(injector: ExternalInjector, snapshot: &ManagedSnapshot) -> Vec<String> {
     snapshot
         .injectable()
         .filter(|o| !injector.asks_for_injection(o))
@@ -75,7 +75,7 @@ pub fn missing_annotations(injector: Injector, snapshot: &ManagedSnapshot) -> Ve
 /// Logs the findings whenever the managed objects or the served certificate
 /// change, until `shutdown`.
 pub fn spawn_reporter(
-    injector: Injector,
+    injector: ExternalInjector,
     mut managed: watch::Receiver<ManagedSnapshot>,
     serving: Arc<ServingCert>,
     clock: Arc<dyn Clock>,
@@ -118,7 +118,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        certs::inject::{ClientConfig, ObjectRef, ServiceRef},
+        certs::cluster::ca_bundle::{ClientConfig, ObjectRef, ServiceRef},
         metrics::InjectionKind,
     };
 
@@ -162,7 +162,7 @@ mod tests {
     #[test]
     fn openshift_needs_the_inject_cabundle_annotation_set_to_true() {
         let found = missing_annotations(
-            Injector::OpenShift,
+            ExternalInjector::OpenShift,
             &snapshot(vec![
                 object("annotated", &[(OPENSHIFT_INJECT_ANNOTATION, "true")]),
                 object("disabled", &[(OPENSHIFT_INJECT_ANNOTATION, "false")]),
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn cert_manager_accepts_either_injection_annotation() {
         let found = missing_annotations(
-            Injector::CertManager,
+            ExternalInjector::CertManager,
             &snapshot(vec![
                 object(
                     "from-cert",

@@ -17,11 +17,11 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use x509_parser::{certificate::X509Certificate, prelude::FromDer};
 
-use super::{
+use super::secret::{RotationPhase, StoredCerts};
+use crate::certs::{
     CertificateAuthority, Error, Inspection, PemBundle, PrivateKeyPem, SubjectAltName,
     check::reissue_reason,
     generate::{renewal_due, renewal_time},
-    store::{RotationPhase, StoredCerts},
 };
 use crate::metrics::CertKind;
 

@@ -21,7 +21,7 @@ use kube::{
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::certs::{
     CA_CRT, CA_KEY, Error, PemBundle, PrivateKeyPem, ServingCert, TLS_CRT, TLS_KEY, rfc3339,
 };
 use crate::clock::Clock;
@@ -213,13 +213,13 @@ pub struct ReadSecret {
 
 /// Reads and writes the certificate Secret.
 #[derive(Debug, Clone)]
-pub struct SecretStore {
+pub struct CertSecret {
     api: Api<Secret>,
     name: String,
     namespace: String,
 }
 
-impl SecretStore {
+impl CertSecret {
     /// The Secret `name` in `namespace`.
     pub fn new(client: Client, namespace: &str, name: &str) -> Self {
         Self {
@@ -254,7 +254,7 @@ impl SecretStore {
         previous: Option<&ObjectMeta>,
     ) -> Result<(), ApiError> {
         let pp = PostParams {
-            field_manager: Some(super::inject::FIELD_MANAGER.into()),
+            field_manager: Some(crate::FIELD_MANAGER.into()),
             ..PostParams::default()
         };
         let result = match previous {

@@ -7,7 +7,8 @@ use std::{sync::Arc, time::Duration};
 use rustls_pki_types::UnixTime;
 use tokio::sync::watch;
 
-use super::{Check, LoadedCert, ServingCert, TrustRoots, inject::ManagedSnapshot};
+use super::ca_bundle::ManagedSnapshot;
+use crate::certs::{Check, LoadedCert, ServingCert, TrustRoots};
 use crate::readiness::ReadinessCheck;
 
 /// The name of the check in `/readyz`.
@@ -72,7 +73,7 @@ impl InjectedTrust {
             } else if count == 0 {
                 Ok(format!(
                     "no webhook configuration or CRD labelled {} calls keyhook yet",
-                    super::inject::PART_OF_SELECTOR
+                    super::ca_bundle::PART_OF_SELECTOR
                 ))
             } else {
                 Ok(format!(

@@ -21,9 +21,11 @@ use k8s_openapi::{
 use keyhook::{
     certs::{
         ServiceIdentity, ServingCert,
-        inject::ManagedObject,
-        rotation::IssuePolicy,
-        store::{RotationPhase, StoredCerts},
+        cluster::{
+            ca_bundle::ManagedObject,
+            rotation::IssuePolicy,
+            secret::{RotationPhase, StoredCerts},
+        },
     },
     clock::{Clock, SystemClock, TokioClock},
     config::CertMode,
