@@ -17,11 +17,10 @@ use kube::{Api, Client};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::reference::{INJECT_LABEL, INJECTED_ANNOTATION};
-use crate::FIELD_MANAGER;
 use super::secret::{
-    FETCHED_AT_ANNOTATION, MANAGED_BY_LABEL, ManagedSecret, REFERENCES_ANNOTATION,
-    record_from_meta,
+    FETCHED_AT_ANNOTATION, MANAGED_BY_LABEL, ManagedSecret, REFERENCES_ANNOTATION, record_from_meta,
 };
+use crate::FIELD_MANAGER;
 
 /// The caches of managed Secrets and injected pods.
 pub struct ManagedCaches {

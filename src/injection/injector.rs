@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::InjectionError;
 use super::patch::{self, env_from_prefix};
 use super::reference::{INJECTED_ANNOTATION, OnError, PodRequest, SecretSpec, env_name};
-use super::secret::{ManagedSecret, SecretBackend};
+use super::secret::{ManagedSecret, ManagedSecrets, SecretsError};
 use super::source::ValueSource;
 use crate::clock::Clock;
 use crate::metrics::{PodInjectionMetrics, PodInjectionResult};
@@ -36,7 +36,7 @@ pub struct PodInjector {
 
 struct Inner {
     source: Arc<dyn ValueSource>,
-    secrets: Arc<dyn SecretBackend>,
+    secrets: Arc<dyn ManagedSecrets>,
     clock: Arc<dyn Clock>,
     metrics: PodInjectionMetrics,
     flights: Mutex<HashMap<(String, String), Flight>>,
@@ -52,7 +52,7 @@ impl PodInjector {
     /// An injector fetching from `source` and keeping Secrets in `secrets`.
     pub fn new(
         source: Arc<dyn ValueSource>,
-        secrets: Arc<dyn SecretBackend>,
+        secrets: Arc<dyn ManagedSecrets>,
         clock: Arc<dyn Clock>,
         metrics: PodInjectionMetrics,
     ) -> Self {
@@ -222,8 +222,8 @@ impl PodInjector {
             .map(|_| ())
     }
 
-    /// The backend the Secrets are kept in.
-    pub fn secrets(&self) -> &Arc<dyn SecretBackend> {
+    /// Where the Secrets are kept.
+    pub fn secrets(&self) -> &Arc<dyn ManagedSecrets> {
         &self.inner.secrets
     }
 
@@ -364,9 +364,9 @@ impl Inner {
     }
 }
 
-fn secret_error(namespace: &str, name: &str, reason: String) -> InjectionError {
+fn secret_error(namespace: &str, name: &str, source: SecretsError) -> InjectionError {
     InjectionError::Secret {
         secret: format!("{namespace}/{name}"),
-        reason,
+        source: Arc::new(source),
     }
 }

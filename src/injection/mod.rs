@@ -6,7 +6,7 @@
 //! /mutate-pod ─▶ PodInjector::admit
 //!                  ├─ reference::PodRequest::from_pod     parse (pure)
 //!                  ├─ ValueSource (provider layer)        resolve store, fetch
-//!                  ├─ SecretBackend (cluster | files)     materialize keyhook-<hash>, single-flight
+//!                  ├─ ManagedSecrets (cluster | files)    materialize keyhook-<hash>, single-flight
 //!                  └─ patch::build                        JSON patch (pure)
 //! leader only:    refresh::run_refresh · refresh::run_gc   (read caches::ManagedCaches)
 //! ```
@@ -25,7 +25,9 @@ pub use injector::PodInjector;
 pub use pod::AdmittedPod;
 pub use reference::{PodRequest, Reference, ReferenceError, SecretSpec};
 pub use refresh::{RefreshSettings, run_gc, run_refresh};
-pub use secret::{ClusterSecrets, FileSecrets, ManagedSecret, MeteredSecrets, SecretBackend};
+pub use secret::{
+    ClusterSecrets, FileSecrets, ManagedSecret, ManagedSecrets, MeteredSecrets, SecretsError,
+};
 pub use source::{StorePolicy, ValueSource};
 
 use crate::providers::ProviderError;
@@ -56,12 +58,14 @@ pub enum InjectionError {
         name: String,
     },
     /// The managed Secret could not be read or written.
-    #[error("managed Secret {secret}: {reason}")]
+    #[error("managed Secret {secret}: {source}")]
     Secret {
         /// `namespace/name`.
         secret: String,
-        /// What failed.
-        reason: String,
+        /// What failed; shared, since one failure answers every admission
+        /// that waited on the same materialization.
+        #[source]
+        source: std::sync::Arc<SecretsError>,
     },
     /// The deadline passed while another admission of the same workload was
     /// materializing its Secret.

@@ -12,11 +12,11 @@
 use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1::{EnvVar, VolumeMount};
-use kube::core::GroupVersionKind;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
 };
+use kube::core::GroupVersionKind;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use serde::Deserialize;
 
 /// An admitted pod: its metadata (without `managedFields`) and the parts of
@@ -210,8 +210,7 @@ mod tests {
 
     #[test]
     fn a_pod_is_not_misrouted() {
-        let request =
-            crate::admission::decode_admission::<AdmittedPod>(REVIEW.as_bytes()).unwrap();
+        let request = crate::admission::decode_admission::<AdmittedPod>(REVIEW.as_bytes()).unwrap();
         assert!(misrouted(&request).is_none());
     }
 
@@ -222,8 +221,7 @@ mod tests {
             r#""kind": {"group": "apps", "version": "v1", "kind": "Deployment"}"#,
             1,
         );
-        let request =
-            crate::admission::decode_admission::<AdmittedPod>(review.as_bytes()).unwrap();
+        let request = crate::admission::decode_admission::<AdmittedPod>(review.as_bytes()).unwrap();
         let response = misrouted(&request).unwrap();
         assert!(response.allowed);
         assert!(response.patch.is_none());

@@ -1,6 +1,6 @@
 //! Managed Secrets: how they look, and where they are kept.
 //!
-//! [`SecretBackend`] is the narrow interface the injector and the leader
+//! [`ManagedSecrets`] is the narrow interface the injector and the leader
 //! loops use. [`ClusterSecrets`] writes Kubernetes Secrets with server-side
 //! apply and answers the loops from the watched [`ManagedCaches`];
 //! [`FileSecrets`] writes the same Secret as a manifest under
@@ -24,8 +24,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::caches::ManagedCaches;
 use super::reference::SecretSpec;
-use crate::metrics::{SecretWrite, SecretWriteMetrics};
 use crate::FIELD_MANAGER;
+use crate::metrics::{SecretWrite, SecretWriteMetrics};
 use crate::providers::SecretValue;
 
 /// The label marking a Secret as keyhook's.
@@ -50,36 +50,97 @@ pub struct ManagedSecret {
     pub keys: BTreeSet<String>,
 }
 
-/// A store of managed Secrets. Errors are plain text naming the object; they
-/// never contain a value.
-pub trait SecretBackend: Send + Sync + 'static {
+/// Why a managed Secret could not be read, written or deleted. Messages name
+/// the Secret or the file, never a value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretsError {
+    /// The apiserver refused the request or could not be reached.
+    #[error("{action} Secret {secret}: {source}")]
+    Api {
+        /// What keyhook was doing: `reading`, `writing` or `deleting`.
+        action: &'static str,
+        /// `namespace/name`.
+        secret: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Another writer kept changing the Secret while keyhook applied it.
+    #[error("writing Secret {secret}: conflict: {source}")]
+    Conflict {
+        /// `namespace/name`.
+        secret: String,
+        /// The apiserver's answer.
+        #[source]
+        source: kube::Error,
+    },
+    /// A Secret file could not be read, written or deleted.
+    #[error("{doing}{file}: {source}", doing = .action.map(|a| format!("{a} ")).unwrap_or_default(), file = .path.display())]
+    Io {
+        /// What keyhook was doing, when it adds to the OS's message.
+        action: Option<&'static str>,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Secret file is not a Secret manifest, or a Secret could not be
+    /// rendered as one.
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// The file, or `serializing Secret namespace/name`.
+        what: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The listing caches were not started (a [`ClusterSecrets`] without
+    /// [`ClusterSecrets::with_caches`]).
+    #[error("no caches of managed Secrets and injected pods were started")]
+    NoCaches,
+}
+
+impl SecretsError {
+    /// Whether the write lost to a concurrent writer and may succeed when
+    /// tried again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, SecretsError::Conflict { .. })
+    }
+}
+
+/// Where managed Secrets are kept: the cluster, or a directory standalone.
+pub trait ManagedSecrets: Send + Sync + 'static {
     /// Reads one managed Secret; `None` when absent (or not keyhook's).
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>>;
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, SecretsError>>;
 
     /// Creates or replaces a managed Secret with `data`.
     fn apply<'a>(
         &'a self,
         secret: &'a ManagedSecret,
         data: &'a BTreeMap<String, SecretValue>,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), SecretsError>>;
 
     /// Every managed Secret; `keys` may be left empty (the loops that list
     /// need references and fetch times, not data).
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>>;
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, SecretsError>>;
 
     /// Deletes a managed Secret (absent is fine).
-    fn delete<'a>(&'a self, namespace: &'a str, name: &'a str)
-    -> BoxFuture<'a, Result<(), String>>;
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), SecretsError>>;
 
     /// `(namespace, name)` of every managed Secret an existing pod uses.
-    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>>;
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, SecretsError>>;
 }
 
-/// A [`SecretBackend`] whose writes are counted and timed in
+/// A [`ManagedSecrets`] whose writes are counted and timed in
 /// `keyhook_secret_writes_total` and `keyhook_secret_write_duration_seconds`;
 /// reads pass through.
 pub struct MeteredSecrets<B> {
@@ -87,7 +148,7 @@ pub struct MeteredSecrets<B> {
     metrics: SecretWriteMetrics,
 }
 
-impl<B: SecretBackend> MeteredSecrets<B> {
+impl<B: ManagedSecrets> MeteredSecrets<B> {
     /// Records the writes made through `inner` in `metrics`.
     pub fn new(inner: B, metrics: SecretWriteMetrics) -> Self {
         Self { inner, metrics }
@@ -96,8 +157,8 @@ impl<B: SecretBackend> MeteredSecrets<B> {
     async fn timed(
         &self,
         operation: SecretWrite,
-        write: BoxFuture<'_, Result<(), String>>,
-    ) -> Result<(), String> {
+        write: BoxFuture<'_, Result<(), SecretsError>>,
+    ) -> Result<(), SecretsError> {
         let start = tokio::time::Instant::now();
         let result = write.await;
         self.metrics
@@ -106,12 +167,12 @@ impl<B: SecretBackend> MeteredSecrets<B> {
     }
 }
 
-impl<B: SecretBackend> SecretBackend for MeteredSecrets<B> {
+impl<B: ManagedSecrets> ManagedSecrets for MeteredSecrets<B> {
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, SecretsError>> {
         self.inner.get(namespace, name)
     }
 
@@ -119,7 +180,7 @@ impl<B: SecretBackend> SecretBackend for MeteredSecrets<B> {
         &'a self,
         secret: &'a ManagedSecret,
         data: &'a BTreeMap<String, SecretValue>,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SecretsError>> {
         async move {
             self.timed(SecretWrite::Apply, self.inner.apply(secret, data))
                 .await?;
@@ -134,7 +195,7 @@ impl<B: SecretBackend> SecretBackend for MeteredSecrets<B> {
         .boxed()
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, SecretsError>> {
         self.inner.list()
     }
 
@@ -142,12 +203,12 @@ impl<B: SecretBackend> SecretBackend for MeteredSecrets<B> {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SecretsError>> {
         self.timed(SecretWrite::Delete, self.inner.delete(namespace, name))
             .boxed()
     }
 
-    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, SecretsError>> {
         self.inner.in_use()
     }
 }
@@ -225,7 +286,7 @@ pub struct ClusterSecrets {
 
 impl ClusterSecrets {
     /// Writes and reads through `client`. Without [`Self::with_caches`],
-    /// [`SecretBackend::list`] and [`SecretBackend::in_use`] fail.
+    /// [`ManagedSecrets::list`] and [`ManagedSecrets::in_use`] fail.
     pub fn new(client: Client) -> Self {
         Self {
             client,
@@ -239,10 +300,8 @@ impl ClusterSecrets {
         self
     }
 
-    fn caches(&self) -> Result<&ManagedCaches, String> {
-        self.caches
-            .as_deref()
-            .ok_or_else(|| "no caches of managed Secrets and injected pods were started".into())
+    fn caches(&self) -> Result<&ManagedCaches, SecretsError> {
+        self.caches.as_deref().ok_or(SecretsError::NoCaches)
     }
 }
 
@@ -250,18 +309,22 @@ impl ClusterSecrets {
 /// `force` makes it rare).
 const APPLY_ATTEMPTS: usize = 3;
 
-impl SecretBackend for ClusterSecrets {
+impl ManagedSecrets for ClusterSecrets {
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, SecretsError>> {
         async move {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
             let found = api
                 .get_opt(name)
                 .await
-                .map_err(|e| format!("reading Secret {namespace}/{name}: {e}"))?;
+                .map_err(|source| SecretsError::Api {
+                    action: "reading",
+                    secret: format!("{namespace}/{name}"),
+                    source,
+                })?;
             Ok(found.as_ref().and_then(record))
         }
         .boxed()
@@ -271,7 +334,7 @@ impl SecretBackend for ClusterSecrets {
         &'a self,
         secret: &'a ManagedSecret,
         data: &'a BTreeMap<String, SecretValue>,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SecretsError>> {
         async move {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace);
             let object = manifest(secret, data);
@@ -284,11 +347,18 @@ impl SecretBackend for ClusterSecrets {
                     Err(kube::Error::Api(status)) if status.code == 409 && attempt < APPLY_ATTEMPTS => {
                         tracing::debug!(secret = %secret.name, attempt, "apply conflicted; retrying");
                     }
-                    Err(e) => {
-                        return Err(format!(
-                            "writing Secret {}/{}: {e}",
-                            secret.namespace, secret.name
-                        ));
+                    Err(source) => {
+                        let secret = format!("{}/{}", secret.namespace, secret.name);
+                        return Err(match &source {
+                            kube::Error::Api(status) if status.code == 409 => {
+                                SecretsError::Conflict { secret, source }
+                            }
+                            _ => SecretsError::Api {
+                                action: "writing",
+                                secret,
+                                source,
+                            },
+                        });
                     }
                 }
             }
@@ -296,7 +366,7 @@ impl SecretBackend for ClusterSecrets {
         .boxed()
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, SecretsError>> {
         async move { Ok(self.caches()?.managed().await) }.boxed()
     }
 
@@ -304,19 +374,23 @@ impl SecretBackend for ClusterSecrets {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SecretsError>> {
         async move {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
             match api.delete(name, &DeleteParams::default()).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-                Err(e) => Err(format!("deleting Secret {namespace}/{name}: {e}")),
+                Err(source) => Err(SecretsError::Api {
+                    action: "deleting",
+                    secret: format!("{namespace}/{name}"),
+                    source,
+                }),
             }
         }
         .boxed()
     }
 
-    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, SecretsError>> {
         async move { Ok(self.caches()?.in_use().await) }.boxed()
     }
 }
@@ -339,17 +413,26 @@ impl FileSecrets {
         self.dir.join(namespace).join(format!("{name}.yaml"))
     }
 
-    fn read(path: &Path) -> Result<Option<Secret>, String> {
+    fn read(path: &Path) -> Result<Option<Secret>, SecretsError> {
         Self::parse(path, std::fs::read_to_string(path))
     }
 
-    fn parse(path: &Path, text: std::io::Result<String>) -> Result<Option<Secret>, String> {
+    fn parse(path: &Path, text: std::io::Result<String>) -> Result<Option<Secret>, SecretsError> {
         match text {
-            Ok(text) => serde_saphyr::from_str(&text)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
+            Ok(text) => {
+                serde_saphyr::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| SecretsError::Invalid {
+                        what: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(source) => Err(SecretsError::Io {
+                action: None,
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 }
@@ -373,12 +456,12 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-impl SecretBackend for FileSecrets {
+impl ManagedSecrets for FileSecrets {
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, SecretsError>> {
         let path = self.path(namespace, name);
         async move {
             let text = tokio::fs::read_to_string(&path).await;
@@ -391,33 +474,47 @@ impl SecretBackend for FileSecrets {
         &'a self,
         secret: &'a ManagedSecret,
         data: &'a BTreeMap<String, SecretValue>,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SecretsError>> {
         let path = self.path(&secret.namespace, &secret.name);
         async move {
             let text = serde_saphyr::to_string(&manifest(secret, data)).map_err(|e| {
-                format!(
-                    "serializing Secret {}/{}: {e}",
-                    secret.namespace, secret.name
-                )
+                SecretsError::Invalid {
+                    what: format!("serializing Secret {}/{}", secret.namespace, secret.name),
+                    reason: e.to_string(),
+                }
             })?;
             let written = tokio::task::spawn_blocking({
                 let path = path.clone();
                 move || write_private(&path, &text)
             })
             .await
-            .map_err(|e| e.to_string())?;
-            written.map_err(|e| format!("writing {}: {e}", path.display()))
+            .map_err(|e| SecretsError::Io {
+                action: Some("writing"),
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            written.map_err(|source| SecretsError::Io {
+                action: Some("writing"),
+                path,
+                source,
+            })
         }
         .boxed()
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, SecretsError>> {
         async move {
             let mut found = Vec::new();
             let namespaces = match std::fs::read_dir(&self.dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-                Err(e) => return Err(format!("{}: {e}", self.dir.display())),
+                Err(source) => {
+                    return Err(SecretsError::Io {
+                        action: None,
+                        path: self.dir.clone(),
+                        source,
+                    });
+                }
             };
             for namespace in namespaces.flatten() {
                 let Ok(files) = std::fs::read_dir(namespace.path()) else {
@@ -445,19 +542,23 @@ impl SecretBackend for FileSecrets {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SecretsError>> {
         let path = self.path(namespace, name);
         async move {
             match std::fs::remove_file(&path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("deleting {}: {e}", path.display())),
+                Err(source) => Err(SecretsError::Io {
+                    action: Some("deleting"),
+                    path,
+                    source,
+                }),
             }
         }
         .boxed()
     }
 
-    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, SecretsError>> {
         // Standalone there are no pods: GC removes a Secret --gc-grace
         // after it first sees it.
         async { Ok(BTreeSet::new()) }.boxed()

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Pod;
 use keyhook::admission::decode_admission;
 use keyhook::clock::{Clock, TokioClock};
 use keyhook::injection::{
-    ClusterSecrets, PodInjector, ManagedCaches, ManagedSecret, MeteredSecrets, Reference,
-    SecretBackend, SecretSpec,
+    ClusterSecrets, ManagedCaches, ManagedSecret, ManagedSecrets, MeteredSecrets, PodInjector,
+    Reference, SecretSpec,
 };
 use keyhook::metrics::providers::ProviderMetrics;
 use keyhook::metrics::{

@@ -13,7 +13,7 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use keyhook::admission::decode_admission;
 use keyhook::clock::SystemClock;
-use keyhook::injection::{FileSecrets, PodInjector, SecretBackend};
+use keyhook::injection::{FileSecrets, ManagedSecrets, PodInjector};
 use keyhook::metrics::PodInjectionMetrics;
 use keyhook::metrics::providers::ProviderMetrics;
 use keyhook::providers::{FileCatalog, ProviderSettings, Providers};

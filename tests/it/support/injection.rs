@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use keyhook::injection::{ManagedSecret, Reference, SecretBackend, StorePolicy, ValueSource};
+use keyhook::injection::{
+    ManagedSecret, ManagedSecrets, Reference, SecretsError, StorePolicy, ValueSource,
+};
 use keyhook::providers::{ProviderError, SecretMap, SecretValue, StoreRef};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -114,12 +116,12 @@ pub struct MemorySecrets {
     pub in_use: Mutex<BTreeSet<(String, String)>>,
 }
 
-impl SecretBackend for MemorySecrets {
+impl ManagedSecrets for MemorySecrets {
     fn get<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, String>> {
+    ) -> BoxFuture<'a, Result<Option<ManagedSecret>, SecretsError>> {
         let found = self
             .secrets
             .lock()
@@ -133,7 +135,7 @@ impl SecretBackend for MemorySecrets {
         &'a self,
         secret: &'a ManagedSecret,
         _: &'a BTreeMap<String, SecretValue>,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SecretsError>> {
         self.secrets.lock().unwrap().insert(
             (secret.namespace.clone(), secret.name.clone()),
             secret.clone(),
@@ -147,7 +149,7 @@ impl SecretBackend for MemorySecrets {
         async { Ok(()) }.boxed()
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, String>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ManagedSecret>, SecretsError>> {
         let all = self.secrets.lock().unwrap().values().cloned().collect();
         async move { Ok(all) }.boxed()
     }
@@ -156,7 +158,7 @@ impl SecretBackend for MemorySecrets {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), SecretsError>> {
         self.secrets
             .lock()
             .unwrap()
@@ -164,7 +166,7 @@ impl SecretBackend for MemorySecrets {
         async { Ok(()) }.boxed()
     }
 
-    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, String>> {
+    fn in_use(&self) -> BoxFuture<'_, Result<BTreeSet<(String, String)>, SecretsError>> {
         let in_use = self.in_use.lock().unwrap().clone();
         async move { Ok(in_use) }.boxed()
     }
