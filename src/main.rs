@@ -21,8 +21,8 @@ use clap::{Parser, Subcommand};
 use keyhook::{
     apis,
     certs::{self, Inspection, SubjectAltName},
-    doctor,
     config::{CertArgs, LogArgs, LogFormat, RunMode, ServeArgs, ServiceArgs},
+    doctor,
     server::{Mode, Server},
 };
 use time::OffsetDateTime;

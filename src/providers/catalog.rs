@@ -46,6 +46,33 @@ pub struct SecretData {
     pub data: BTreeMap<String, SecretValue>,
 }
 
+/// Why the catalog could not read a credential. Messages never carry a value.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The Secret or service account does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The apiserver refused the request or could not be reached.
+    #[error(transparent)]
+    Api(Arc<kube::Error>),
+    /// This catalog cannot answer such a read: standalone there are no
+    /// service accounts.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl From<kube::Error> for CatalogError {
+    fn from(error: kube::Error) -> Self {
+        match error {
+            kube::Error::Api(status) if status.code == 404 => {
+                CatalogError::NotFound(kube::Error::Api(status).to_string())
+            }
+            other => CatalogError::Api(Arc::new(other)),
+        }
+    }
+}
+
 /// The source of stores, namespace labels and credentials.
 pub trait StoreCatalog: Send + Sync + 'static {
     /// A parsed store. `namespace` is used for SecretStores only.
@@ -67,7 +94,7 @@ pub trait StoreCatalog: Send + Sync + 'static {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<SecretData, String>>;
+    ) -> BoxFuture<'a, Result<SecretData, CatalogError>>;
 
     /// A token for a service account (TokenRequest API in a cluster).
     fn service_account_token<'a>(
@@ -75,14 +102,14 @@ pub trait StoreCatalog: Send + Sync + 'static {
         namespace: &'a str,
         name: &'a str,
         audiences: &'a [String],
-    ) -> BoxFuture<'a, Result<SecretValue, String>>;
+    ) -> BoxFuture<'a, Result<SecretValue, CatalogError>>;
 
     /// A service account's annotations (AWS IRSA names its role in one).
     fn service_account_annotations<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>>;
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, CatalogError>>;
 
     /// The cluster's client, for the `kubernetes` provider's in-cluster default.
     fn kube_client(&self) -> Option<Client>;
@@ -304,12 +331,11 @@ impl StoreCatalog for ClusterCatalog {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<SecretData, String>> {
+    ) -> BoxFuture<'a, Result<SecretData, CatalogError>> {
         async move {
             let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
                 .get(name)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             Ok(secret_data(&secret))
         }
         .boxed()
@@ -320,7 +346,7 @@ impl StoreCatalog for ClusterCatalog {
         namespace: &'a str,
         name: &'a str,
         audiences: &'a [String],
-    ) -> BoxFuture<'a, Result<SecretValue, String>> {
+    ) -> BoxFuture<'a, Result<SecretValue, CatalogError>> {
         async move {
             let request = TokenRequest {
                 spec: TokenRequestSpec {
@@ -333,9 +359,10 @@ impl StoreCatalog for ClusterCatalog {
             let api = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace);
             let response = api
                 .create_token_request(name, &PostParams::default(), &request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status.ok_or("the TokenRequest has no status")?;
+                .await?;
+            let status = response
+                .status
+                .ok_or(CatalogError::Unsupported("the TokenRequest has no status"))?;
             Ok(SecretValue::from(status.token))
         }
         .boxed()
@@ -345,12 +372,11 @@ impl StoreCatalog for ClusterCatalog {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>> {
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, CatalogError>> {
         async move {
             let account = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
                 .get(name)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             Ok(account.metadata.annotations.unwrap_or_default())
         }
         .boxed()

@@ -16,7 +16,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::backends::{Backend, BackendError, SecretsClient};
+use super::backends::{BackendClient, BackendError, SecretsClient};
 use super::backoff::Backoff;
 use super::spec::Store;
 use super::value::Fetched;
@@ -51,7 +51,7 @@ type SharedFetch = Shared<BoxFuture<'static, Result<Fetched, ProviderError>>>;
 pub(crate) struct StoreClient {
     pub(crate) store: Arc<Store>,
     label: String,
-    backend: Backend,
+    backend: BackendClient,
     limiter: DefaultDirectRateLimiter,
     slots: Semaphore,
     in_flight: Mutex<HashMap<FetchKey, SharedFetch>>,
@@ -85,7 +85,7 @@ fn quota(qps: f64, burst: u32) -> Quota {
 impl StoreClient {
     pub(crate) fn new(
         store: Arc<Store>,
-        backend: Backend,
+        backend: BackendClient,
         settings: &ProviderSettings,
         metrics: Arc<ProviderMetrics>,
     ) -> Self {

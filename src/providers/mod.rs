@@ -31,8 +31,8 @@ use std::time::Duration;
 
 pub use cache::{ClientKey, Providers, StoreHandle};
 pub use catalog::{
-    ClusterCatalog, FileCatalog, SecretData, StoreCatalog, StoresSummary, StoresWarning,
-    log_stores_loaded,
+    CatalogError, ClusterCatalog, FileCatalog, SecretData, StoreCatalog, StoresSummary,
+    StoresWarning, log_stores_loaded,
 };
 pub use conditions::admits;
 pub use spec::{ProviderConfig, Store, StoreKind};

@@ -25,7 +25,7 @@ use crate::{
     clock::SystemClock,
     config::{CertMode, ConnectionTimeouts, ServeArgs},
     health,
-    injection::{self, FileSecrets, PodInjector, MeteredSecrets},
+    injection::{self, FileSecrets, MeteredSecrets, PodInjector},
     leader::{self, Leadership},
     metrics::Metrics,
     providers::{FileCatalog, Providers, log_stores_loaded},

@@ -9,7 +9,8 @@ use std::{sync::Arc, time::Duration};
 
 use keyhook::{
     certs::{
-        CertificateAuthority, PemBundle, ServiceIdentity, ServingCert, cluster::ca_bundle::ServiceRef,
+        CertificateAuthority, PemBundle, ServiceIdentity, ServingCert,
+        cluster::ca_bundle::ServiceRef,
     },
     doctor::{self, Line},
     metrics::Metrics,
@@ -156,9 +157,9 @@ fn keyhook_https() -> ServiceRef {
 }
 
 fn gathered_with(bundle: Option<&str>, probe: doctor::ServiceProbe) -> doctor::Gathered {
-    let mut object = keyhook::certs::cluster::ca_bundle::ManagedObject::from_mutating(&support::typed(
-        "mutatingwebhookconfiguration-keyhook.json",
-    ));
+    let mut object = keyhook::certs::cluster::ca_bundle::ManagedObject::from_mutating(
+        &support::typed("mutatingwebhookconfiguration-keyhook.json"),
+    );
     object.client_configs[0].ca_bundle = bundle.map(String::from);
     doctor::Gathered {
         objects: vec![object],

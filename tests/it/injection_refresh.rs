@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keyhook::clock::{Clock, TokioClock};
 use keyhook::injection::{
-    PodInjector, ManagedSecret, Reference, RefreshSettings, SecretSpec, run_gc, run_refresh,
+    ManagedSecret, PodInjector, Reference, RefreshSettings, SecretSpec, run_gc, run_refresh,
 };
 use keyhook::metrics::{Metrics, PodInjectionMetrics};
 use keyhook::providers::StoreKind;

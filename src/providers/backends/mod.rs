@@ -80,9 +80,9 @@ pub trait SecretsClient: Send + Sync {
     fn validate(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
-/// A built client for one store.
+/// The built client of one store, whichever provider it talks to.
 #[derive(Debug)]
-pub enum Backend {
+pub enum BackendClient {
     /// `fake`.
     Fake(fake::FakeClient),
     /// `kubernetes`.
@@ -95,47 +95,49 @@ pub enum Backend {
     OnePassword(onepassword::OnePasswordClient),
 }
 
-impl Backend {
+impl BackendClient {
     /// How long the credentials this client was built with stay valid
     /// (a Vault token from a login, AWS credentials from STS); `None` when they do not expire while
     /// the client lives.
     pub fn credentials_lifetime(&self) -> Option<std::time::Duration> {
         match self {
-            Backend::Vault(c) => c.credentials_lifetime(),
-            Backend::Aws(c) => c.credentials_lifetime(),
-            Backend::Fake(_) | Backend::Kubernetes(_) | Backend::OnePassword(_) => None,
+            BackendClient::Vault(c) => c.credentials_lifetime(),
+            BackendClient::Aws(c) => c.credentials_lifetime(),
+            BackendClient::Fake(_)
+            | BackendClient::Kubernetes(_)
+            | BackendClient::OnePassword(_) => None,
         }
     }
 }
 
-impl SecretsClient for Backend {
+impl SecretsClient for BackendClient {
     async fn get_secret(&self, reference: &RemoteRef) -> Result<SecretValue, BackendError> {
         match self {
-            Backend::Fake(c) => c.get_secret(reference).await,
-            Backend::Kubernetes(c) => c.get_secret(reference).await,
-            Backend::Vault(c) => c.get_secret(reference).await,
-            Backend::Aws(c) => c.get_secret(reference).await,
-            Backend::OnePassword(c) => c.get_secret(reference).await,
+            BackendClient::Fake(c) => c.get_secret(reference).await,
+            BackendClient::Kubernetes(c) => c.get_secret(reference).await,
+            BackendClient::Vault(c) => c.get_secret(reference).await,
+            BackendClient::Aws(c) => c.get_secret(reference).await,
+            BackendClient::OnePassword(c) => c.get_secret(reference).await,
         }
     }
 
     async fn get_secret_map(&self, reference: &RemoteRef) -> Result<SecretMap, BackendError> {
         match self {
-            Backend::Fake(c) => c.get_secret_map(reference).await,
-            Backend::Kubernetes(c) => c.get_secret_map(reference).await,
-            Backend::Vault(c) => c.get_secret_map(reference).await,
-            Backend::Aws(c) => c.get_secret_map(reference).await,
-            Backend::OnePassword(c) => c.get_secret_map(reference).await,
+            BackendClient::Fake(c) => c.get_secret_map(reference).await,
+            BackendClient::Kubernetes(c) => c.get_secret_map(reference).await,
+            BackendClient::Vault(c) => c.get_secret_map(reference).await,
+            BackendClient::Aws(c) => c.get_secret_map(reference).await,
+            BackendClient::OnePassword(c) => c.get_secret_map(reference).await,
         }
     }
 
     async fn validate(&self) -> Result<(), BackendError> {
         match self {
-            Backend::Fake(c) => c.validate().await,
-            Backend::Kubernetes(c) => c.validate().await,
-            Backend::Vault(c) => c.validate().await,
-            Backend::Aws(c) => c.validate().await,
-            Backend::OnePassword(c) => c.validate().await,
+            BackendClient::Fake(c) => c.validate().await,
+            BackendClient::Kubernetes(c) => c.validate().await,
+            BackendClient::Vault(c) => c.validate().await,
+            BackendClient::Aws(c) => c.validate().await,
+            BackendClient::OnePassword(c) => c.validate().await,
         }
     }
 }
@@ -166,7 +168,7 @@ impl BuildContext<'_> {
             .catalog
             .read_secret(&namespace, &selector.name)
             .await
-            .map_err(error)?;
+            .map_err(|e| error(e.to_string()))?;
         secret
             .data
             .get(&selector.key)
@@ -185,10 +187,10 @@ impl BuildContext<'_> {
         self.catalog
             .service_account_token(&namespace, name, audiences)
             .await
-            .map_err(|reason| ProviderError::Credentials {
+            .map_err(|e| ProviderError::Credentials {
                 store: self.store.display_name(),
                 reference: format!("serviceaccount {namespace}/{name}"),
-                reason,
+                reason: e.to_string(),
             })
     }
 
@@ -203,10 +205,10 @@ impl BuildContext<'_> {
         self.catalog
             .service_account_annotations(&namespace, name)
             .await
-            .map_err(|reason| ProviderError::Credentials {
+            .map_err(|e| ProviderError::Credentials {
                 store: self.store.display_name(),
                 reference: format!("serviceaccount {namespace}/{name}"),
-                reason,
+                reason: e.to_string(),
             })
     }
 
@@ -235,18 +237,20 @@ impl BuildContext<'_> {
 }
 
 /// Builds the client for a store.
-pub(crate) async fn build(ctx: &BuildContext<'_>) -> Result<Backend, ProviderError> {
+pub(crate) async fn build(ctx: &BuildContext<'_>) -> Result<BackendClient, ProviderError> {
     Ok(match &ctx.store.provider {
-        ProviderConfig::Fake(config) => Backend::Fake(fake::FakeClient::new(config)),
+        ProviderConfig::Fake(config) => BackendClient::Fake(fake::FakeClient::new(config)),
         ProviderConfig::Kubernetes(config) => {
-            Backend::Kubernetes(kubernetes::KubernetesClient::build(ctx, config).await?)
+            BackendClient::Kubernetes(kubernetes::KubernetesClient::build(ctx, config).await?)
         }
         ProviderConfig::Vault(config) => {
-            Backend::Vault(vault::VaultClient::build(ctx, config).await?)
+            BackendClient::Vault(vault::VaultClient::build(ctx, config).await?)
         }
-        ProviderConfig::Aws(config) => Backend::Aws(aws::AwsClient::build(ctx, config).await?),
+        ProviderConfig::Aws(config) => {
+            BackendClient::Aws(aws::AwsClient::build(ctx, config).await?)
+        }
         ProviderConfig::OnePassword(config) => {
-            Backend::OnePassword(onepassword::OnePasswordClient::build(ctx, config).await?)
+            BackendClient::OnePassword(onepassword::OnePasswordClient::build(ctx, config).await?)
         }
     })
 }

@@ -15,7 +15,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use super::{NAME_LABEL, SecretData, StoreCatalog, secret_data};
+use super::{CatalogError, NAME_LABEL, SecretData, StoreCatalog, secret_data};
 use crate::apis::{self, Kind, Version};
 use crate::providers::spec::{Store, StoreKind};
 use crate::providers::{ProviderError, SecretValue};
@@ -451,14 +451,17 @@ impl StoreCatalog for FileCatalog {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<SecretData, String>> {
+    ) -> BoxFuture<'a, Result<SecretData, CatalogError>> {
         let found = self
             .snapshot
             .load()
             .secrets
             .get(&(namespace.to_string(), name.to_string()))
             .cloned();
-        async move { found.ok_or_else(|| "no such Secret in the stores file".to_string()) }.boxed()
+        async move {
+            found.ok_or_else(|| CatalogError::NotFound("no such Secret in the stores file".into()))
+        }
+        .boxed()
     }
 
     fn service_account_token<'a>(
@@ -466,9 +469,11 @@ impl StoreCatalog for FileCatalog {
         _: &'a str,
         _: &'a str,
         _: &'a [String],
-    ) -> BoxFuture<'a, Result<SecretValue, String>> {
+    ) -> BoxFuture<'a, Result<SecretValue, CatalogError>> {
         async {
-            Err("service account tokens need a cluster; use a secretRef standalone".to_string())
+            Err(CatalogError::Unsupported(
+                "service account tokens need a cluster; use a secretRef standalone",
+            ))
         }
         .boxed()
     }
@@ -477,9 +482,13 @@ impl StoreCatalog for FileCatalog {
         &'a self,
         _: &'a str,
         _: &'a str,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>> {
-        async { Err("service accounts need a cluster; use a secretRef standalone".to_string()) }
-            .boxed()
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, CatalogError>> {
+        async {
+            Err(CatalogError::Unsupported(
+                "service accounts need a cluster; use a secretRef standalone",
+            ))
+        }
+        .boxed()
     }
 
     fn kube_client(&self) -> Option<Client> {
