@@ -415,10 +415,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses a duration such as `8s`, `25s`, `8760h` or `1h 30m`.
+/// Parses a duration as Go writes it, the grammar of every duration keyhook
+/// reads: `8s`, `15m`, `8760h`, `1h30m`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value)
-        .map_err(|e| format!("{e} (expected e.g. `8s`, `15m`, `8760h`)"))
+    crate::duration::parse(value).map_err(|e| e.to_string())
 }
 
 /// What the apiserver waits for a webhook unless its configuration sets
@@ -627,7 +627,12 @@ mod tests {
                 .contains("at least 1h")
         );
         assert!(parse_byte_size("0").unwrap_err().contains("more than 0"));
-        assert!(parse_duration("soon").unwrap_err().contains("expected"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("is not a Go duration")
+        );
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod doctor;
+pub mod duration;
 pub mod health;
 pub mod injection;
 pub mod leader;

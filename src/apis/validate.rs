@@ -385,12 +385,12 @@ fn external_secret(spec: &ExternalSecretSpec) -> Vec<String> {
     for (i, entry) in data_from.iter().enumerate() {
         found.extend(data_from_entry(i, entry));
     }
+    // An ExternalSecret's interval may be negative, as upstream's
+    // metav1.Duration; only the syntax is checked.
     if let Some(interval) = &spec.refresh_interval
-        && let Err(e) = interval.parse::<kube::core::Duration>()
+        && let Err(e @ crate::duration::DurationError::Syntax) = crate::duration::parse(interval)
     {
-        found.push(format!(
-            "spec.refreshInterval: not a duration such as `1h30m`: {e}"
-        ));
+        found.push(format!("spec.refreshInterval: {e}"));
     }
     found
 }

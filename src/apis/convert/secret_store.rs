@@ -110,16 +110,9 @@ fn fake_value_from_map(entry: &Value) -> Option<Value> {
 
 /// Whole seconds of a non-negative Go duration such as `1h30m`.
 pub(crate) fn go_duration_seconds(text: &str) -> Result<u64, ConversionError> {
-    let duration: kube::core::Duration = text.parse().map_err(|_| {
-        not_a_duration(
-            "is not a Go duration (time.ParseDuration): numbers each followed by a unit \
-             ns, us, µs, ms, s, m or h, such as `300s`, `5m` or `1h30m`",
-        )
-    })?;
-    if duration.is_negative() {
-        return Err(not_a_duration("must not be negative"));
-    }
-    Ok(std::time::Duration::from(duration).as_secs())
+    crate::duration::parse(text)
+        .map(|duration| duration.as_secs())
+        .map_err(|e| not_a_duration(&e.to_string()))
 }
 
 fn not_a_duration(reason: &str) -> ConversionError {
