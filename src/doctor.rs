@@ -41,9 +41,9 @@ use crate::certs::{
 /// Certificates closer than this to their end are reported.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// The API group suffix of the CRDs keyhook serves; an APIService claiming
-/// one of these groups hijacks it from the CRDs.
-const SERVED_GROUP_SUFFIX: &str = "external-secrets.io";
+/// The API group of the CRDs keyhook serves; an APIService claiming it, or
+/// a group under it, hijacks it from the CRDs.
+const SERVED_GROUP_SUFFIX: &str = crate::apis::GROUP;
 
 /// Why a Service port was not dialed when it has ports but no ready endpoint.
 const NO_READY_ENDPOINT: &str = "it has no ready endpoints";

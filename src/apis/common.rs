@@ -14,13 +14,42 @@ use serde::{Deserialize, Serialize};
 /// for object names.
 const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+// The one store kind of the crate: what a `secretStoreRef` names, and what
+// the provider layer resolves. (Doc comments here are the CRD's descriptions.)
 /// Which kind of store an `ExternalSecret` reads from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum StoreKind {
     /// A namespaced `SecretStore` (the default).
     SecretStore,
     /// A cluster-scoped `ClusterSecretStore`.
     ClusterSecretStore,
+}
+
+impl StoreKind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::SecretStore => "SecretStore",
+            StoreKind::ClusterSecretStore => "ClusterSecretStore",
+        }
+    }
+
+    /// Parses a kind name; `None` for anything else.
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        match kind {
+            "SecretStore" => Some(StoreKind::SecretStore),
+            "ClusterSecretStore" => Some(StoreKind::ClusterSecretStore),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `spec.secretStoreRef` and `sourceRef.storeRef`: which store to fetch from.

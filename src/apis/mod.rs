@@ -90,7 +90,9 @@ impl std::str::FromStr for Version {
     }
 }
 
-/// A kind of the group.
+pub use common::StoreKind;
+
+/// A kind of the group: an `ExternalSecret` or one of the [`StoreKind`]s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// `ExternalSecret` (namespaced).
@@ -120,5 +122,14 @@ impl Kind {
         ]
         .into_iter()
         .find(|k| k.as_str() == name)
+    }
+}
+
+impl From<StoreKind> for Kind {
+    fn from(kind: StoreKind) -> Self {
+        match kind {
+            StoreKind::SecretStore => Kind::SecretStore,
+            StoreKind::ClusterSecretStore => Kind::ClusterSecretStore,
+        }
     }
 }

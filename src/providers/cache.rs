@@ -20,9 +20,9 @@ use super::backends::{self, BuildContext};
 use super::catalog::StoreCatalog;
 use super::client::{Operation, StoreClient};
 use super::conditions::admits;
-use super::spec::{Store, StoreKind};
 use super::value::Fetched;
 use super::{ProviderError, ProviderSettings, RemoteRef, SecretMap, SecretValue, StoreRef};
+use super::{Store, StoreKind};
 use crate::metrics::providers::ProviderMetrics;
 
 /// Everything that identifies one version of a store and its credentials.

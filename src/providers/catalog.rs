@@ -29,8 +29,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 use self::credentials::{CredentialWatches, SecretId};
 
-use super::spec::{GROUP, Store, StoreKind, VERSION};
 use super::{ProviderError, SecretValue};
+use super::{Store, StoreKind};
+use crate::apis::{GROUP, Version};
 use crate::reflectors;
 
 /// The label every namespace carries with its own name.
@@ -203,7 +204,7 @@ fn parse_store(kind: StoreKind, object: &DynamicObject) -> Result<Store, Provide
         map.insert("kind".into(), Value::String(kind.as_str().into()));
         map.insert(
             "apiVersion".into(),
-            Value::String(format!("{GROUP}/{VERSION}")),
+            Value::String(Version::V1.api_version().into()),
         );
     }
     Store::from_value(&value)
@@ -224,7 +225,7 @@ impl ClusterCatalog {
     pub fn start(client: Client) -> Self {
         let resource = |kind: &str| {
             ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk(GROUP, VERSION, kind),
+                &GroupVersionKind::gvk(GROUP, Version::V1.as_str(), kind),
                 &format!("{}s", kind.to_lowercase()),
             )
         };

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::backends::{BackendClient, BackendError, SecretsClient};
 use super::backoff::Backoff;
-use super::spec::Store;
+use super::Store;
 use super::value::Fetched;
 use super::{ProviderError, ProviderSettings, RemoteRef};
 use crate::metrics::providers::{DurationLabels, ProviderMetrics, RequestLabels, RequestResult};

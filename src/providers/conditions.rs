@@ -7,9 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-use super::spec::{Store, StoreKind};
+use super::{Store, StoreKind};
+use crate::apis::common::LabelSelector;
 
 /// Decides whether `store` may be used from `namespace`, whose labels are
 /// `labels` (`None` when the namespace is unknown). `Err` carries the reason
@@ -30,7 +29,12 @@ pub fn admits(
         StoreKind::ClusterSecretStore if store.conditions.is_empty() => Ok(()),
         StoreKind::ClusterSecretStore => {
             for condition in &store.conditions {
-                if condition.namespaces.iter().any(|n| n == namespace) {
+                if condition
+                    .namespaces
+                    .iter()
+                    .flatten()
+                    .any(|n| n == namespace)
+                {
                     return Ok(());
                 }
                 if let (Some(selector), Some(labels)) = (&condition.namespace_selector, labels)
@@ -43,6 +47,7 @@ pub fn admits(
                 if condition
                     .namespace_regexes
                     .iter()
+                    .flatten()
                     .filter_map(|p| regex::Regex::new(p).ok())
                     .any(|re| re.is_match(namespace))
                 {

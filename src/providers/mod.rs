@@ -23,19 +23,20 @@ mod cache;
 mod catalog;
 mod client;
 mod conditions;
-pub mod spec;
+mod store;
 mod value;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::apis::StoreKind;
 pub use cache::{ClientKey, Providers, StoreHandle};
 pub use catalog::{
     CatalogError, ClusterCatalog, FileCatalog, SecretData, StoreCatalog, StoresSummary,
     StoresWarning, log_stores_loaded,
 };
 pub use conditions::admits;
-pub use spec::{ProviderConfig, Store, StoreKind};
+pub use store::{AWS_ENDPOINT_ANNOTATION, ProviderConfig, QPS_ANNOTATION, Store};
 pub use value::{SecretMap, SecretValue};
 
 /// What a reference names in a backend: upstream's `ExternalSecretDataRemoteRef`

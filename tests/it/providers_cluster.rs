@@ -11,8 +11,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use http::Method;
 use keyhook::metrics::providers::ProviderMetrics;
 use keyhook::providers::{
-    ClusterCatalog, ProviderSettings, Providers, RemoteRef, StoreCatalog, StoreRef,
-    spec::ProviderConfig, spec::StoreKind,
+    ClusterCatalog, ProviderConfig, ProviderSettings, Providers, RemoteRef, StoreCatalog,
+    StoreKind, StoreRef,
 };
 use serde_json::json;
 use support::cluster_objects;

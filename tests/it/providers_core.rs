@@ -101,8 +101,9 @@ fn parses_upstream_fields_into_the_resolved_config() {
             .token_secret_ref
             .as_ref()
             .unwrap()
-            .key,
-        "token"
+            .key
+            .as_deref(),
+        Some("token")
     );
     let fake = Store::from_value(&documents[0]).unwrap();
     assert_eq!(fake.refresh_interval, Some(Duration::from_secs(3600)));

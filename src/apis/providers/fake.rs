@@ -17,16 +17,33 @@ pub struct FakeProvider {
     pub validation_result: Option<i64>,
 }
 
+// `Debug` leaves the value out: it is a secret, if a demo's. The schema
+// requires `value` as upstream's does; reading is lenient (an entry without
+// one answers an empty value), as the standalone stores file has always been.
 /// One entry of the fake provider in `v1beta1` and `v1`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("required" = ["key", "value"]), transform = without_value_default)]
 pub struct FakeProviderData {
     /// Remote key.
     pub key: String,
     /// Value returned for the key.
+    #[serde(default)]
     pub value: String,
     /// Version the entry answers to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+}
+
+/// The schema of [`FakeProviderData`] as upstream's: `value` required, with
+/// no default (the `#[serde(default)]` that makes reading lenient would add one).
+fn without_value_default(schema: &mut schemars::Schema) {
+    if let Some(value) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("value"))
+        .and_then(|v| v.as_object_mut())
+    {
+        value.remove("default");
+    }
 }
 
 /// `provider.fake` in `v1alpha1`.
@@ -36,10 +53,11 @@ pub struct AlphaFakeProvider {
     pub data: Vec<AlphaFakeProviderData>,
 }
 
+// `Debug` leaves the values out.
 /// One entry of the fake provider in `v1alpha1`: a `value`, or a `valueMap`
 /// whose pairs a whole-secret read returns (the later versions spell that as
 /// a JSON object in `value`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlphaFakeProviderData {
     /// Remote key.
@@ -53,4 +71,22 @@ pub struct AlphaFakeProviderData {
     /// Version the entry answers to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+}
+
+impl std::fmt::Debug for FakeProviderData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeProviderData")
+            .field("key", &self.key)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AlphaFakeProviderData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlphaFakeProviderData")
+            .field("key", &self.key)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }

@@ -36,7 +36,7 @@ use zeroize::Zeroizing;
 use super::http::{client, transport_error};
 use super::sts::{RoleRequest, Sts};
 use super::{BackendError, BuildContext, SecretsClient, json_map, json_property, json_to_secret};
-use crate::providers::spec::{AwsJwtAuth, AwsProvider};
+use crate::apis::providers::{AwsJwtAuth, AwsProvider};
 use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue, StoreKind};
 
 const TARGET: &str = "secretsmanager.GetSecretValue";
@@ -179,11 +179,11 @@ impl AwsClient {
             region: &config.region,
         };
         let mut credentials = base_credentials(ctx, config, &sts).await?;
-        if !config.role.is_empty() {
+        if let Some(role_arn) = config.role.as_deref().filter(|role| !role.is_empty()) {
             let role = RoleRequest {
-                role_arn: &config.role,
+                role_arn,
                 session_name: SESSION_NAME,
-                external_id: Some(config.external_id.as_str()).filter(|id| !id.is_empty()),
+                external_id: config.external_id.as_deref().filter(|id| !id.is_empty()),
             };
             credentials = sts
                 .assume_role(role, &credentials)
@@ -193,8 +193,9 @@ impl AwsClient {
         let lifetime = credentials
             .expiry()
             .map(|expiry| expiry.duration_since(SystemTime::now()).unwrap_or_default());
-        let endpoint = config
-            .endpoint
+        let endpoint = ctx
+            .store
+            .aws_endpoint
             .clone()
             .or_else(|| ctx.aws.secrets_manager_endpoint.clone())
             .unwrap_or_else(|| format!("https://secretsmanager.{}.amazonaws.com", config.region));
@@ -203,7 +204,7 @@ impl AwsClient {
             http,
             endpoint,
             region: config.region.clone(),
-            prefix: config.prefix.clone(),
+            prefix: config.prefix.clone().unwrap_or_default(),
             credentials,
             lifetime,
         })
@@ -377,15 +378,14 @@ async fn service_account_credentials(
             account.name
         ))
     })?;
-    let audiences = if account.audiences.is_empty() {
-        vec![
+    let audiences = match account.audiences.as_deref() {
+        None | Some([]) => vec![
             annotations
                 .get(AUDIENCE_ANNOTATION)
                 .cloned()
                 .unwrap_or_else(|| DEFAULT_AUDIENCE.to_string()),
-        ]
-    } else {
-        account.audiences.clone()
+        ],
+        Some(audiences) => audiences.to_vec(),
     };
     let token = ctx
         .service_account_token(namespace, &account.name, &audiences)
@@ -408,17 +408,22 @@ async fn base_credentials(
     config: &AwsProvider,
     sts: &Sts<'_>,
 ) -> Result<Credentials, ProviderError> {
-    if let Some(secret_ref) = &config.auth.secret_ref {
-        let access_key = utf8(
-            &ctx.secret_key(&secret_ref.access_key_id).await?,
-            "accessKeyIDSecretRef",
-            ctx,
-        )?;
-        let secret_key = utf8(
-            &ctx.secret_key(&secret_ref.secret_access_key).await?,
-            "secretAccessKeySecretRef",
-            ctx,
-        )?;
+    let auth = config.auth.as_ref();
+    if let Some(secret_ref) = auth.and_then(|a| a.secret_ref.as_ref()) {
+        let access_key = ctx
+            .required_secret_key(
+                secret_ref.access_key_id.as_ref(),
+                "auth.secretRef.accessKeyIDSecretRef",
+            )
+            .await?;
+        let access_key = utf8(&access_key, "accessKeyIDSecretRef", ctx)?;
+        let secret_key = ctx
+            .required_secret_key(
+                secret_ref.secret_access_key.as_ref(),
+                "auth.secretRef.secretAccessKeySecretRef",
+            )
+            .await?;
+        let secret_key = utf8(&secret_key, "secretAccessKeySecretRef", ctx)?;
         let session_token = match &secret_ref.session_token {
             Some(r) => Some(utf8(
                 &ctx.secret_key(r).await?,
@@ -435,7 +440,7 @@ async fn base_credentials(
             "keyhook-secret-ref",
         ));
     }
-    if let Some(jwt) = &config.auth.jwt {
+    if let Some(jwt) = auth.and_then(|a| a.jwt.as_ref()) {
         return service_account_credentials(ctx, jwt, sts).await;
     }
     if ctx.store.kind == StoreKind::SecretStore {

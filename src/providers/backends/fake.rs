@@ -1,11 +1,11 @@
 //! `fake`: static entries from `spec.provider.fake.data`, for tests and
-//! standalone demos. A property selects a field of a JSON value (or of
-//! `valueMap`).
+//! standalone demos. A property selects a field of a JSON value (a
+//! `v1alpha1` store's `valueMap` is converted into one).
 
 use serde_json::Value;
 
 use super::{BackendError, SecretsClient, json_map, json_property, json_to_secret};
-use crate::providers::spec::{FakeProvider, FakeProviderData};
+use crate::apis::providers::{FakeProvider, FakeProviderData};
 use crate::providers::{RemoteRef, SecretMap, SecretValue};
 
 /// A client over a copy of the store's entries.
@@ -26,7 +26,7 @@ impl FakeClient {
         let version = reference.version.as_deref().unwrap_or("");
         self.data
             .iter()
-            .find(|d| d.key == reference.key && d.version == version)
+            .find(|d| d.key == reference.key && d.version.as_deref().unwrap_or("") == version)
             .ok_or_else(|| {
                 BackendError::NotFound(if version.is_empty() {
                     "no such entry".into()
@@ -52,9 +52,6 @@ impl SecretsClient for FakeClient {
         let Some(property) = &reference.property else {
             return Ok(SecretValue::from(entry.value.as_str()));
         };
-        if let Some(value) = entry.value_map.get(property) {
-            return Ok(SecretValue::from(value.as_str()));
-        }
         let object = parse_object(entry)?;
         json_property(&object, property)
             .map(json_to_secret)
@@ -63,13 +60,6 @@ impl SecretsClient for FakeClient {
 
     async fn get_secret_map(&self, reference: &RemoteRef) -> Result<SecretMap, BackendError> {
         let entry = self.entry(reference)?;
-        if !entry.value_map.is_empty() {
-            return Ok(entry
-                .value_map
-                .iter()
-                .map(|(k, v)| (k.clone(), SecretValue::from(v.as_str())))
-                .collect());
-        }
         let object = parse_object(entry)?;
         let object = match &reference.property {
             Some(property) => json_property(&object, property)

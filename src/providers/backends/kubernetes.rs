@@ -15,7 +15,7 @@ use kube::{Api, Client};
 
 use super::http::decode_pem_field;
 use super::{BackendError, BuildContext, SecretsClient};
-use crate::providers::spec::KubernetesProvider;
+use crate::apis::providers::KubernetesProvider;
 use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue};
 
 /// A client for one remote namespace.
@@ -37,29 +37,30 @@ impl KubernetesClient {
         ctx: &BuildContext<'_>,
         config: &KubernetesProvider,
     ) -> Result<Self, ProviderError> {
-        let namespace = if config.remote_namespace.is_empty() {
-            "default".to_string()
-        } else {
-            config.remote_namespace.clone()
+        let namespace = match config.remote_namespace.as_deref() {
+            None | Some("") => "default".to_string(),
+            Some(namespace) => namespace.to_string(),
         };
-        let client = if config.server.url.is_empty() && config.auth.is_none() {
+        let server = config.server.as_ref();
+        let url = server.and_then(|s| s.url.as_deref()).unwrap_or_default();
+        let client = if url.is_empty() && config.auth.is_none() {
             ctx.catalog.kube_client().ok_or_else(|| {
                 ctx.build_error(
                     "no in-cluster client; set spec.provider.kubernetes.server.url and auth",
                 )
             })?
         } else {
-            let url = if config.server.url.is_empty() {
+            let url = if url.is_empty() {
                 "https://kubernetes.default.svc"
             } else {
-                &config.server.url
+                url
             };
             let mut kube_config = Config::new(
                 url.parse()
                     .map_err(|e| ctx.build_error(format!("server.url: {e}")))?,
             );
             kube_config.default_namespace = namespace.clone();
-            if let Some(bundle) = &config.server.ca_bundle {
+            if let Some(bundle) = server.and_then(|s| s.ca_bundle.as_ref()) {
                 let pem = decode_pem_field(bundle);
                 let certs = <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(&pem).map(|c| c.map(|c| c.to_vec())).collect::<Result<Vec<_>, _>>().map_err(|e| ctx.build_error(format!("server.caBundle: {e}")))?;
                 kube_config.root_cert = Some(certs);
@@ -100,21 +101,23 @@ async fn auth_info(
     };
     let b64 = |v: &SecretValue| base64::engine::general_purpose::STANDARD.encode(v.expose());
     if let Some(token) = &auth.token {
-        let value = ctx.secret_key(&token.bearer_token).await?;
+        let value = ctx
+            .required_secret_key(token.bearer_token.as_ref(), "auth.token.bearerToken")
+            .await?;
         let text = String::from_utf8(value.expose().to_vec())
             .map_err(|_| ctx.build_error("auth.token.bearerToken is not UTF-8"))?;
         info.token = Some(text.trim().to_string().into());
     } else if let Some(cert) = &auth.cert {
-        info.client_certificate_data = Some(b64(&ctx.secret_key(&cert.client_cert).await?));
-        info.client_key_data = Some(b64(&ctx.secret_key(&cert.client_key).await?).into());
-    } else if let Some(account) = &auth.service_account {
-        let token = ctx
-            .service_account_token(
-                account.namespace.as_deref(),
-                &account.name,
-                &account.audiences,
-            )
+        let client_cert = ctx
+            .required_secret_key(cert.client_cert.as_ref(), "auth.cert.clientCert")
             .await?;
+        let client_key = ctx
+            .required_secret_key(cert.client_key.as_ref(), "auth.cert.clientKey")
+            .await?;
+        info.client_certificate_data = Some(b64(&client_cert));
+        info.client_key_data = Some(b64(&client_key).into());
+    } else if let Some(account) = &auth.service_account {
+        let token = ctx.account_token(account).await?;
         let text = String::from_utf8(token.expose().to_vec())
             .map_err(|_| ctx.build_error("service account token is not UTF-8"))?;
         info.token = Some(text.into());

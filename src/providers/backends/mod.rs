@@ -18,8 +18,9 @@ use std::future::Future;
 use serde_json::Value;
 
 use super::catalog::StoreCatalog;
-use super::spec::{ProviderConfig, SecretKeySelector, Store};
+use super::{ProviderConfig, Store};
 use super::{ProviderError, RemoteRef, SecretMap, SecretValue};
+use crate::apis::common::{SecretKeySelector, ServiceAccountSelector};
 
 /// How a backend call failed; the layer decides retries from the class and
 /// adds the store and key to the message. Messages never carry a value.
@@ -157,8 +158,10 @@ impl BuildContext<'_> {
         &self,
         selector: &SecretKeySelector,
     ) -> Result<SecretValue, ProviderError> {
-        let namespace = self.credential_namespace(selector.namespace.as_deref(), &selector.name)?;
-        let reference = format!("{namespace}/{}[{}]", selector.name, selector.key);
+        let name = selector.name.as_deref().unwrap_or_default();
+        let key = selector.key.as_deref().unwrap_or_default();
+        let namespace = self.credential_namespace(selector.namespace.as_deref(), name)?;
+        let reference = format!("{namespace}/{name}[{key}]");
         let error = |reason: String| ProviderError::Credentials {
             store: self.store.display_name(),
             reference: reference.clone(),
@@ -166,14 +169,39 @@ impl BuildContext<'_> {
         };
         let secret = self
             .catalog
-            .read_secret(&namespace, &selector.name)
+            .read_secret(&namespace, name)
             .await
             .map_err(|e| error(e.to_string()))?;
         secret
             .data
-            .get(&selector.key)
+            .get(key)
             .cloned()
-            .ok_or_else(|| error(format!("the Secret has no key `{}`", selector.key)))
+            .ok_or_else(|| error(format!("the Secret has no key `{key}`")))
+    }
+
+    /// Reads the value of a `secretRef` the store must set.
+    pub(crate) async fn required_secret_key(
+        &self,
+        selector: Option<&SecretKeySelector>,
+        field: &str,
+    ) -> Result<SecretValue, ProviderError> {
+        match selector {
+            Some(selector) => self.secret_key(selector).await,
+            None => Err(self.build_error(format!("{field} is required"))),
+        }
+    }
+
+    /// A token for the service account `account` names.
+    pub(crate) async fn account_token(
+        &self,
+        account: &ServiceAccountSelector,
+    ) -> Result<SecretValue, ProviderError> {
+        self.service_account_token(
+            account.namespace.as_deref(),
+            &account.name,
+            account.audiences.as_deref().unwrap_or_default(),
+        )
+        .await
     }
 
     /// A service account token for login-style auth.
@@ -263,11 +291,12 @@ pub(crate) fn credential_secrets(store: &Store) -> Vec<(String, String)> {
         ProviderConfig::Fake(_) => {}
         ProviderConfig::Kubernetes(k) => {
             if let Some(auth) = &k.auth {
-                refs.extend(auth.token.as_ref().map(|t| &t.bearer_token));
+                refs.extend(auth.token.as_ref().and_then(|t| t.bearer_token.as_ref()));
                 refs.extend(
                     auth.cert
                         .iter()
-                        .flat_map(|c| [&c.client_cert, &c.client_key]),
+                        .flat_map(|c| [&c.client_cert, &c.client_key])
+                        .flatten(),
                 );
             }
         }
@@ -283,26 +312,22 @@ pub(crate) fn credential_secrets(store: &Store) -> Vec<(String, String)> {
             }
         }
         ProviderConfig::Aws(a) => {
-            if let Some(s) = &a.auth.secret_ref {
-                refs.extend([&s.access_key_id, &s.secret_access_key]);
-                refs.extend(s.session_token.as_ref());
+            if let Some(s) = a.auth.as_ref().and_then(|a| a.secret_ref.as_ref()) {
+                refs.extend(
+                    [&s.access_key_id, &s.secret_access_key, &s.session_token]
+                        .into_iter()
+                        .flatten(),
+                );
             }
         }
-        ProviderConfig::OnePassword(o) => {
-            refs.extend(
-                o.auth
-                    .as_ref()
-                    .and_then(|a| a.secret_ref.as_ref())
-                    .map(|s| &s.connect_token_secret_ref),
-            );
-        }
+        ProviderConfig::OnePassword(o) => refs.push(&o.auth.secret_ref.connect_token),
     }
     let mut secrets: Vec<(String, String)> = refs
         .into_iter()
         .filter_map(|r| {
             store
                 .credential_namespace(r.namespace.as_deref())
-                .map(|ns| (ns.to_string(), r.name.clone()))
+                .map(|ns| (ns.to_string(), r.name.clone().unwrap_or_default()))
         })
         .collect();
     secrets.sort();

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::http::{client, transport_error};
 use super::{BackendError, BuildContext, SecretsClient};
-use crate::providers::spec::OnePasswordProvider;
+use crate::apis::providers::OnePasswordProvider;
 use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue};
 
 /// A client for one Connect server, token and ordered vault list.
@@ -73,12 +73,9 @@ impl OnePasswordClient {
         ctx: &BuildContext<'_>,
         config: &OnePasswordProvider,
     ) -> Result<Self, ProviderError> {
-        let secret_ref = config
-            .auth
-            .as_ref()
-            .and_then(|a| a.secret_ref.as_ref())
-            .ok_or_else(|| ctx.build_error("auth.secretRef.connectTokenSecretRef is required"))?;
-        let token = ctx.secret_key(&secret_ref.connect_token_secret_ref).await?;
+        let token = ctx
+            .secret_key(&config.auth.secret_ref.connect_token)
+            .await?;
         if config.connect_host.is_empty() {
             return Err(ctx.build_error("connectHost is required"));
         }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::http::{client, decode_pem_field, transport_error};
 use super::{BackendError, BuildContext, SecretsClient, json_map, json_property, json_to_secret};
-use crate::providers::spec::{VaultKvVersion, VaultProvider};
+use crate::apis::providers::{KvVersion, VaultProvider};
 use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue};
 
 const NAMESPACE_HEADER: &str = "X-Vault-Namespace";
@@ -27,7 +27,7 @@ pub struct VaultClient {
     http: reqwest::Client,
     server: String,
     mount: String,
-    version: VaultKvVersion,
+    version: KvVersion,
     headers: HeaderMap,
     /// The lease of a token this client logged in for; `None` for a token
     /// given in a Secret (its owner renews it) or one that never expires.
@@ -90,7 +90,7 @@ impl VaultClient {
             .trim_matches('/')
             .to_string();
         let mut headers = HeaderMap::new();
-        for (name, value) in &config.headers {
+        for (name, value) in config.headers.iter().flatten() {
             let (name, value) = header(name, value.as_bytes()).map_err(|e| ctx.build_error(e))?;
             headers.insert(name, value);
         }
@@ -103,7 +103,7 @@ impl VaultClient {
             http,
             server,
             mount,
-            version: config.version,
+            version: config.version.unwrap_or(KvVersion::V2),
             headers,
             lease: None,
         };
@@ -139,7 +139,7 @@ impl VaultClient {
             let role_id = match &app_role.role_ref {
                 Some(r) => String::from_utf8(ctx.secret_key(r).await?.expose().to_vec())
                     .map_err(|_| ctx.build_error("appRole.roleRef is not UTF-8"))?,
-                None => app_role.role_id.clone(),
+                None => app_role.role_id.clone().unwrap_or_default(),
             };
             let secret_id = ctx.secret_key(&app_role.secret_ref).await?;
             let secret_id = std::str::from_utf8(secret_id.expose())
@@ -159,14 +159,7 @@ impl VaultClient {
         } else if let Some(kubernetes) = &auth.kubernetes {
             let jwt = match (&kubernetes.secret_ref, &kubernetes.service_account_ref) {
                 (Some(secret), _) => ctx.secret_key(secret).await?,
-                (None, Some(account)) => {
-                    ctx.service_account_token(
-                        account.namespace.as_deref(),
-                        &account.name,
-                        &account.audiences,
-                    )
-                    .await?
-                }
+                (None, Some(account)) => ctx.account_token(account).await?,
                 (None, None) => {
                     return Err(
                         ctx.build_error("auth.kubernetes needs secretRef or serviceAccountRef")
@@ -236,8 +229,8 @@ impl VaultClient {
     async fn read(&self, reference: &RemoteRef) -> Result<Value, BackendError> {
         let key = reference.key.trim_matches('/');
         let url = match self.version {
-            VaultKvVersion::V2 => format!("{}/v1/{}/data/{key}", self.server, self.mount),
-            VaultKvVersion::V1 => {
+            KvVersion::V2 => format!("{}/v1/{}/data/{key}", self.server, self.mount),
+            KvVersion::V1 => {
                 if reference.version.is_some() {
                     return Err(BackendError::Other("KV version 1 has no versions".into()));
                 }
@@ -261,8 +254,8 @@ impl VaultClient {
             return Err(BackendError::from_status(status, message));
         }
         let data = match self.version {
-            VaultKvVersion::V2 => body.pointer("/data/data"),
-            VaultKvVersion::V1 => body.get("data"),
+            KvVersion::V2 => body.pointer("/data/data"),
+            KvVersion::V1 => body.get("data"),
         };
         match data {
             Some(data @ Value::Object(_)) => Ok(data.clone()),

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 
 use super::{CatalogError, NAME_LABEL, SecretData, StoreCatalog, secret_data};
 use crate::apis::{self, Kind, Version};
-use crate::providers::spec::{Store, StoreKind};
 use crate::providers::{ProviderError, SecretValue};
+use crate::providers::{Store, StoreKind};
 
 /// Something in the stores file that loads but will not work as written:
 /// a field keyhook does not know (a typo, mostly), which it ignores.
