@@ -21,6 +21,7 @@ pub mod providers;
 pub mod readiness;
 pub mod reflectors;
 pub mod server;
+pub mod single_flight;
 
 /// The name keyhook writes under: the server-side apply field manager of
 /// every object it writes, and the `app.kubernetes.io/managed-by` value of

@@ -1,13 +1,11 @@
 //! The pod mutator: decides on one admission, materializing the workload's
 //! Secret once however many of its pods are admitted at the same time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::pod::AdmittedPod;
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
 use kube::core::{admission::AdmissionRequest, admission::AdmissionResponse};
 use tokio::time::Instant;
 
@@ -19,6 +17,7 @@ use super::source::ValueSource;
 use crate::clock::Clock;
 use crate::metrics::{PodInjectionMetrics, PodInjectionResult};
 use crate::providers::SecretValue;
+use crate::single_flight::SingleFlight;
 
 /// Time kept back from the admission deadline so that a fetch that runs out
 /// of time is answered with its own message (store, key, attempts) rather
@@ -26,7 +25,6 @@ use crate::providers::SecretValue;
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 type Keys = Arc<BTreeSet<String>>;
-type Flight = Shared<BoxFuture<'static, Result<Keys, InjectionError>>>;
 
 /// The injector every replica runs behind `/mutate-pod`. Cheap to clone.
 #[derive(Clone)]
@@ -39,7 +37,8 @@ struct Inner {
     secrets: Arc<dyn ManagedSecrets>,
     clock: Arc<dyn Clock>,
     metrics: PodInjectionMetrics,
-    flights: Mutex<HashMap<(String, String), Flight>>,
+    /// Materializations in flight, by `(namespace, name)` of the Secret.
+    flights: SingleFlight<(String, String), Result<Keys, InjectionError>>,
 }
 
 impl std::fmt::Debug for PodInjector {
@@ -62,7 +61,7 @@ impl PodInjector {
                 secrets,
                 clock,
                 metrics,
-                flights: Mutex::new(HashMap::new()),
+                flights: SingleFlight::new(),
             }),
         }
     }
@@ -173,33 +172,12 @@ impl PodInjector {
         deadline: Instant,
     ) -> Result<Keys, InjectionError> {
         let id = (namespace.to_string(), name.to_string());
-        let flight = {
-            let mut flights = self
-                .inner
-                .flights
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            flights
-                .entry(id.clone())
-                .or_insert_with(|| {
-                    let inner = Arc::clone(&self.inner);
-                    let spec = spec.clone();
-                    let id = id.clone();
-                    async move {
-                        let result = inner.materialize(&id.0, &id.1, &spec, deadline).await;
-                        inner
-                            .flights
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .remove(&id);
-                        result
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
-        };
-        match tokio::time::timeout_at(deadline, flight).await {
+        let flight = self.inner.flights.call(id.clone(), || {
+            let inner = Arc::clone(&self.inner);
+            let spec = spec.clone();
+            async move { inner.materialize(&id.0, &id.1, &spec, deadline).await }
+        });
+        match tokio::time::timeout_at(deadline, flight.flight).await {
             Ok(result) => result,
             Err(_) => Err(InjectionError::Deadline {
                 secret: format!("{namespace}/{name}"),

@@ -4,24 +4,22 @@
 //! Everything here belongs to one store identity; no state is shared with
 //! another client, and no lock is held across an await.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::Store;
 use super::backends::{BackendClient, BackendError, SecretsClient};
 use super::backoff::Backoff;
-use super::Store;
 use super::value::Fetched;
 use super::{ProviderError, ProviderSettings, RemoteRef};
 use crate::metrics::providers::{DurationLabels, ProviderMetrics, RequestLabels, RequestResult};
+use crate::single_flight::SingleFlight;
 
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
@@ -45,7 +43,6 @@ impl Operation {
 }
 
 type FetchKey = (Operation, RemoteRef);
-type SharedFetch = Shared<BoxFuture<'static, Result<Fetched, ProviderError>>>;
 
 /// A built backend client for one store identity, with its own limits.
 pub(crate) struct StoreClient {
@@ -54,7 +51,7 @@ pub(crate) struct StoreClient {
     backend: BackendClient,
     limiter: DefaultDirectRateLimiter,
     slots: Semaphore,
-    in_flight: Mutex<HashMap<FetchKey, SharedFetch>>,
+    in_flight: SingleFlight<FetchKey, Result<Fetched, ProviderError>>,
     results: Option<moka::future::Cache<FetchKey, Fetched>>,
     metrics: Arc<ProviderMetrics>,
     built_at: Instant,
@@ -103,7 +100,7 @@ impl StoreClient {
             backend,
             limiter: RateLimiter::direct(quota(qps, settings.burst)),
             slots: Semaphore::new(settings.max_in_flight.max(1)),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: SingleFlight::new(),
             results,
             metrics,
             built_at: Instant::now(),
@@ -148,42 +145,27 @@ impl StoreClient {
             }
             self.metrics.cache_misses.inc();
         }
-        let shared = {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match in_flight.get(&key) {
-                Some(existing) => {
-                    self.metrics.coalesced.inc();
-                    existing.clone()
+        // The result is cached before the call leaves the flights, so a
+        // later caller either joins the call or finds its result.
+        let call = self.in_flight.call(key.clone(), || {
+            let this = Arc::clone(self);
+            let call_key = key.clone();
+            async move {
+                let result = this.call(call_key.0, &call_key.1, deadline).await;
+                let results = this
+                    .results
+                    .as_ref()
+                    .filter(|_| call_key.0 != Operation::Validate);
+                if let (Ok(value), Some(results)) = (&result, results) {
+                    results.insert(call_key, value.clone()).await;
                 }
-                None => {
-                    let this = Arc::clone(self);
-                    let call_key = key.clone();
-                    let call = async move {
-                        let result = this.call(call_key.0, &call_key.1, deadline).await;
-                        let results = this
-                            .results
-                            .as_ref()
-                            .filter(|_| call_key.0 != Operation::Validate);
-                        if let (Ok(value), Some(results)) = (&result, results) {
-                            results.insert(call_key.clone(), value.clone()).await;
-                        }
-                        this.in_flight
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .remove(&call_key);
-                        result
-                    }
-                    .boxed()
-                    .shared();
-                    in_flight.insert(key.clone(), call.clone());
-                    call
-                }
+                result
             }
-        };
-        match tokio::time::timeout_at(deadline, shared).await {
+        });
+        if call.joined {
+            self.metrics.coalesced.inc();
+        }
+        match tokio::time::timeout_at(deadline, call.flight).await {
             Ok(result) => result,
             Err(_) => Err(ProviderError::DeadlineExceeded {
                 store: self.label.clone(),
