@@ -68,6 +68,53 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub pod: PodArgs,
+}
+
+/// What the kubelet tells a process about the pod it runs in, through the
+/// environment. Not settings a person gives, so the flags are hidden.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PodArgs {
+    /// Set by the kubelet in every pod: keyhook runs in one when it is set
+    /// (`--mode auto` picks cluster mode, and the pod's service account
+    /// serves when `KUBECONFIG` is unset).
+    #[arg(
+        long,
+        env = "KUBERNETES_SERVICE_HOST",
+        hide = true,
+        value_name = "HOST"
+    )]
+    pub kubernetes_service_host: Option<String>,
+
+    /// The pod's name (the chart sets it from the downward API): the start
+    /// of this replica's Lease identity.
+    #[arg(long, env = "POD_NAME", hide = true, value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// The host name, the pod's name unless the pod sets another: the
+    /// Lease identity's start when `POD_NAME` is unset.
+    #[arg(long, env = "HOSTNAME", hide = true, value_name = "NAME")]
+    pub hostname: Option<String>,
+}
+
+impl PodArgs {
+    /// Whether this process runs in a Kubernetes pod.
+    pub fn in_pod(&self) -> bool {
+        self.kubernetes_service_host
+            .as_deref()
+            .is_some_and(|host| !host.is_empty())
+    }
+
+    /// The name this replica goes by in the Lease, before its unique suffix.
+    pub fn replica_name(&self) -> &str {
+        self.pod_name
+            .as_deref()
+            .or(self.hostname.as_deref())
+            .filter(|name| !name.is_empty())
+            .unwrap_or("keyhook")
+    }
 }
 
 /// Limits of the webhook listener's connections.
@@ -259,6 +306,66 @@ pub struct ProviderArgs {
     /// How long a fetched value may be reused for identical fetches (`0s` = off).
     #[arg(long, env = "KEYHOOK_PROVIDER_CACHE_TTL", default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
     pub provider_cache_ttl: Duration,
+
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// keyhook's own AWS identity and endpoints, in the variables the AWS SDKs
+/// read (what a ClusterSecretStore without `auth` uses). Hidden flags: they
+/// are the SDKs' settings, given through the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AwsArgs {
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true)]
+    access_key_id: Option<String>,
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    secret_access_key: Option<String>,
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide = true, hide_env_values = true)]
+    session_token: Option<String>,
+    #[arg(long, env = "AWS_ROLE_ARN", hide = true)]
+    role_arn: Option<String>,
+    #[arg(long, env = "AWS_WEB_IDENTITY_TOKEN_FILE", hide = true)]
+    web_identity_token_file: Option<String>,
+    #[arg(long, env = "AWS_ROLE_SESSION_NAME", hide = true)]
+    role_session_name: Option<String>,
+    #[arg(long, env = "AWS_ENDPOINT_URL", hide = true)]
+    endpoint_url: Option<String>,
+    #[arg(long, env = "AWS_ENDPOINT_URL_STS", hide = true)]
+    endpoint_url_sts: Option<String>,
+    #[arg(long, env = "AWS_ENDPOINT_URL_SECRETS_MANAGER", hide = true)]
+    endpoint_url_secrets_manager: Option<String>,
+    #[arg(long, env = "AWS_SECRETSMANAGER_ENDPOINT", hide = true)]
+    secretsmanager_endpoint: Option<String>,
+    #[arg(long, env = "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", hide = true)]
+    ignore_configured_endpoint_urls: Option<String>,
+}
+
+impl AwsArgs {
+    /// The identity these variables describe.
+    pub fn environment(&self) -> crate::providers::backends::aws::AwsEnvironment {
+        crate::providers::backends::aws::AwsEnvironment::from_vars(|name| {
+            match name {
+                "AWS_ACCESS_KEY_ID" => &self.access_key_id,
+                "AWS_SECRET_ACCESS_KEY" => &self.secret_access_key,
+                "AWS_SESSION_TOKEN" => &self.session_token,
+                "AWS_ROLE_ARN" => &self.role_arn,
+                "AWS_WEB_IDENTITY_TOKEN_FILE" => &self.web_identity_token_file,
+                "AWS_ROLE_SESSION_NAME" => &self.role_session_name,
+                "AWS_ENDPOINT_URL" => &self.endpoint_url,
+                "AWS_ENDPOINT_URL_STS" => &self.endpoint_url_sts,
+                "AWS_ENDPOINT_URL_SECRETS_MANAGER" => &self.endpoint_url_secrets_manager,
+                "AWS_SECRETSMANAGER_ENDPOINT" => &self.secretsmanager_endpoint,
+                "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS" => &self.ignore_configured_endpoint_urls,
+                _ => &None,
+            }
+            .clone()
+        })
+    }
 }
 
 impl ProviderArgs {
@@ -269,7 +376,7 @@ impl ProviderArgs {
             burst: self.provider_burst,
             cache_ttl: self.provider_cache_ttl,
             stores_file: self.stores.clone(),
-            aws: crate::providers::backends::aws::AwsEnvironment::from_env(),
+            aws: self.aws.environment(),
             ..Default::default()
         }
     }
@@ -404,6 +511,26 @@ pub struct LogArgs {
     /// read when this is not set.
     #[arg(long, env = "KEYHOOK_LOG_LEVEL", value_name = "FILTER", value_parser = parse_log_filter)]
     pub log_level: Option<String>,
+
+    /// The tracing ecosystem's own filter variable, used when `--log-level`
+    /// is not set; one that does not parse is ignored, as tracing does.
+    #[arg(long, env = "RUST_LOG", hide = true, value_name = "FILTER")]
+    pub rust_log: Option<String>,
+}
+
+impl LogArgs {
+    /// The filter in force: `--log-level`, else `RUST_LOG` when it parses,
+    /// else `info`.
+    pub fn filter(&self) -> String {
+        self.log_level
+            .clone()
+            .or_else(|| {
+                self.rust_log
+                    .clone()
+                    .filter(|filter| parse_log_filter(filter).is_ok())
+            })
+            .unwrap_or_else(|| "info".into())
+    }
 }
 
 /// How log lines are written.

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use keyhook::{
     apis,
     certs::{self, Inspection, SubjectAltName},
-    config::{CertArgs, LogArgs, LogFormat, RunMode, ServeArgs, ServiceArgs},
+    config::{CertArgs, LogArgs, LogFormat, PodArgs, RunMode, ServeArgs, ServiceArgs},
     doctor,
     server::{Mode, Server},
 };
@@ -54,6 +54,8 @@ enum Command {
             value_name = "DOMAIN"
         )]
         cluster_domain: String,
+        #[command(flatten)]
+        pod: PodArgs,
     },
     /// Print the ExternalSecret, SecretStore and ClusterSecretStore CRDs (all versions, v1 stored).
     Crds {
@@ -122,7 +124,10 @@ fn main() -> ExitCode {
             generate(&certs)
         }
         Command::Certs(CertsCommand::Inspect { cert_dir, service }) => inspect(&cert_dir, &service),
-        Command::Doctor { cluster_domain } => doctor(&cluster_domain),
+        Command::Doctor {
+            cluster_domain,
+            pod,
+        } => doctor(&cluster_domain, pod.in_pod()),
         Command::Crds { out } => print_crds(out.as_deref()),
         Command::Convert { to, file } => convert(to, file.as_deref()),
     };
@@ -163,13 +168,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 fn init_logging(log: &LogArgs) {
-    let filter = log
-        .log_level
-        .as_deref()
-        .map(EnvFilter::new)
-        .unwrap_or_else(|| {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
-        });
+    let filter = EnvFilter::new(log.filter());
     // Colour only for a person at a terminal, never into a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -184,7 +183,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let mode = Mode::detect(args.mode);
+        let mode = Mode::resolve(args.mode, args.pod.in_pod());
         tracing::info!(
             %mode,
             version = env!("CARGO_PKG_VERSION"),
@@ -323,10 +322,10 @@ fn inspect(dir: &Path, service: &ServiceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn doctor(cluster_domain: &str) -> anyhow::Result<ExitCode> {
+fn doctor(cluster_domain: &str, in_pod: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let lines = runtime.block_on(async {
-        let (client, target) = keyhook::server::mode::connect().await?;
+        let (client, target) = keyhook::server::mode::connect(in_pod).await?;
         eprintln!("checking context {} ({})", target.context, target.server);
         let gathered = doctor::gather(&client).await?;
         anyhow::Ok(doctor::evaluate(

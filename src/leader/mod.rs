@@ -82,14 +82,12 @@ impl LeaseSettings {
     }
 }
 
-/// A process-unique identity: the pod name (or host name) and a random
-/// suffix, so that a restarted pod never mistakes its predecessor's hold for
-/// its own.
-pub fn default_identity() -> String {
+/// A process-unique identity: the replica's name (the pod's, see
+/// `config::PodArgs::replica_name`) and a random suffix, so that a restarted
+/// pod never mistakes its predecessor's hold for its own.
+pub fn default_identity(replica: &str) -> String {
     use std::hash::BuildHasher;
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "keyhook".into());
+    let host = replica;
     // `RandomState` is seeded from the OS per process: enough to tell two
     // processes on one host apart, which is all the suffix is for.
     let suffix = std::collections::hash_map::RandomState::new().hash_one(std::process::id());

@@ -52,10 +52,12 @@ impl ClusterSettings {
         let service = args.certs.service.identity();
         Self {
             mode: args.cluster.cert_mode,
-            lease: args
-                .cluster
-                .leader_elect
-                .then(|| LeaseSettings::new(&service.namespace, leader::default_identity())),
+            lease: args.cluster.leader_elect.then(|| {
+                LeaseSettings::new(
+                    &service.namespace,
+                    leader::default_identity(args.pod.replica_name()),
+                )
+            }),
             secret: args.cluster.cert_secret.clone(),
             policy: IssuePolicy {
                 sans: service.san_list(&args.certs.service.extra_sans, false),

@@ -101,14 +101,14 @@ impl Server {
                     .map_err(refusal_to_error)?;
             }
             Mode::Cluster if args.cluster.cert_mode == CertMode::SelfManaged => {
-                client = Some(connect().await?);
+                client = Some(connect(args.pod.in_pod()).await?);
                 tracing::info!(
                     secret = %args.cluster.cert_secret,
                     "self-managed certificates: serving from the Secret once it is read"
                 );
             }
             Mode::Cluster => {
-                client = Some(connect().await?);
+                client = Some(connect(args.pod.in_pod()).await?);
                 tracing::info!(
                     cert_dir = %cert_dir.display(),
                     mode = ?args.cluster.cert_mode,
@@ -426,8 +426,8 @@ async fn renew_standalone(args: ServeArgs, stop: CancellationToken) {
 }
 
 /// A client for the cluster, saying which one at start.
-async fn connect() -> Result<kube::Client, Error> {
-    let (client, target) = mode::connect().await?;
+async fn connect(in_pod: bool) -> Result<kube::Client, Error> {
+    let (client, target) = mode::connect(in_pod).await?;
     tracing::info!(
         context = %target.context,
         server = %target.server,

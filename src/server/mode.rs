@@ -16,13 +16,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The mode `--mode` asks for, in this process's environment: `auto` is
-    /// cluster mode only inside a pod, where the kubelet sets
-    /// `KUBERNETES_SERVICE_HOST`.
-    pub fn detect(requested: RunMode) -> Self {
-        Self::resolve(requested, in_pod())
-    }
-
     /// The mode `--mode` asks for, inside a pod or not. A kubeconfig alone
     /// never makes a cluster mode: on a laptop it often points at a real
     /// cluster.
@@ -43,11 +36,6 @@ impl std::fmt::Display for Mode {
             Mode::Cluster => "cluster",
         })
     }
-}
-
-/// Whether this process runs in a Kubernetes pod.
-fn in_pod() -> bool {
-    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|host| !host.is_empty())
 }
 
 /// Why no cluster client could be built.
@@ -90,12 +78,13 @@ pub struct Target {
 /// A client for the cluster keyhook runs against: the kubeconfig that
 /// `KUBECONFIG` names if set; else, in a pod, the pod's service account;
 /// else `~/.kube/config`. Never the in-cluster fallback outside a pod, and
-/// never a kubeconfig's guess inside one.
-pub async fn connect() -> Result<(kube::Client, Target), ConnectError> {
+/// never a kubeconfig's guess inside one. `in_pod` is
+/// [`crate::config::PodArgs::in_pod`].
+pub async fn connect(in_pod: bool) -> Result<(kube::Client, Target), ConnectError> {
     let from_env = Kubeconfig::from_env().map_err(kubeconfig_error)?;
     let (config, context) = match from_env {
         Some(kubeconfig) => from_kubeconfig(kubeconfig).await?,
-        None if in_pod() => (
+        None if in_pod => (
             Config::incluster().map_err(|e| ConnectError::InCluster(e.to_string()))?,
             "in-cluster".to_string(),
         ),

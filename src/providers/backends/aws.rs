@@ -93,12 +93,8 @@ pub struct WebIdentity {
 }
 
 impl AwsEnvironment {
-    /// Reads this process's environment.
-    pub fn from_env() -> Self {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// Reads the variables `var` returns (empty ones count as unset).
+    /// Reads the variables `var` returns (empty ones count as unset); the
+    /// flags' parser gives them (`config::AwsArgs`).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let static_keys = match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
