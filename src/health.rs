@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::{metrics::Metrics, readiness::Readiness};
+use crate::{clock::Clock, metrics::Metrics, readiness::Readiness};
 use axum::{
     Json, Router,
     extract::State,
@@ -22,16 +22,21 @@ use axum::{
 struct AdminState {
     readiness: Readiness,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
 }
 
-/// The admin router.
-pub fn router(readiness: Readiness, metrics: Arc<Metrics>) -> Router {
+/// The admin router; `/readyz` judges the checks at `clock`'s time.
+pub fn router(readiness: Readiness, metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Router {
     Router::new()
         .route("/healthz", get(live))
         .route("/livez", get(live))
         .route("/readyz", get(ready))
         .route("/metrics", get(export_metrics))
-        .with_state(AdminState { readiness, metrics })
+        .with_state(AdminState {
+            readiness,
+            metrics,
+            clock,
+        })
 }
 
 async fn live() -> &'static str {
@@ -39,9 +44,7 @@ async fn live() -> &'static str {
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {
-    let report = state
-        .readiness
-        .report(time::OffsetDateTime::now_utc().unix_timestamp());
+    let report = state.readiness.report(state.clock.unix_now());
     let status = if report.ready {
         StatusCode::OK
     } else {

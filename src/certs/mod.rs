@@ -14,6 +14,7 @@ pub mod cluster;
 mod dir;
 mod generate;
 mod resolver;
+mod standalone;
 mod verify;
 mod watch;
 
@@ -26,6 +27,7 @@ pub use check::{CertInfo, Inspection, LoadedCert, rfc3339};
 pub use dir::{Ensured, ensure_self_managed, read_bundle, write_bundle};
 pub use generate::{CA_VALIDITY, CertificateAuthority, renewal_due, renewal_time};
 pub use resolver::{Refusal, ServingCert};
+pub use standalone::StandaloneCerts;
 pub use verify::TrustRoots;
 pub use watch::{POLL_WITH_EVENTS, reload_from_dir, spawn_dir_watcher};
 

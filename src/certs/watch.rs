@@ -13,13 +13,14 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{PemBundle, Refusal, ServingCert, read_bundle};
+use crate::clock::Clock;
 use crate::readiness::Check;
 
 /// The `/readyz` check of the cert directory: advisory, since the
 /// certificate loaded from it is served (and checked) on its own.
 const DIR_CHECK: &str = "cert_dir_readable";
 
-/// Files often change in bursts (four renames for one rotation): wait for the
+/// Files often change in bursts (a rotation renames several): wait for the
 /// burst to end before reading.
 const SETTLE: Duration = Duration::from_millis(150);
 /// Poll interval while file events work: only a safety net.
@@ -34,12 +35,14 @@ pub fn reload_from_dir(dir: &Path, serving: &ServingCert, now: i64) -> Result<bo
     serving.offer(bundle, now)
 }
 
-/// Watches `dir` until `shutdown` and installs every new, good bundle;
-/// reads it every `poll_every` too, in case an event was missed.
+/// Watches `dir` until `shutdown` and installs every new, good bundle,
+/// judged at `clock`'s time; reads it every `poll_every` too, in case an
+/// event was missed.
 pub fn spawn_dir_watcher(
     dir: PathBuf,
     serving: Arc<ServingCert>,
     poll_every: Duration,
+    clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
@@ -70,7 +73,7 @@ pub fn spawn_dir_watcher(
             if let Some(watch) = &mut armed {
                 watch.rearm(&dir);
             }
-            reload_once(&dir, &serving, &mut last_refused);
+            reload_once(&dir, &serving, clock.unix_now(), &mut last_refused);
         }
     })
 }
@@ -133,7 +136,12 @@ enum RefusedCandidate {
     Unreadable(String),
 }
 
-fn reload_once(dir: &Path, serving: &ServingCert, last_refused: &mut Option<RefusedCandidate>) {
+fn reload_once(
+    dir: &Path,
+    serving: &ServingCert,
+    now: i64,
+    last_refused: &mut Option<RefusedCandidate>,
+) {
     let bundle = match read_bundle(dir) {
         Ok(bundle) => {
             serving.report_source(
@@ -163,10 +171,7 @@ fn reload_once(dir: &Path, serving: &ServingCert, last_refused: &mut Option<Refu
     {
         return;
     }
-    match serving.offer(
-        bundle.clone(),
-        time::OffsetDateTime::now_utc().unix_timestamp(),
-    ) {
+    match serving.offer(bundle.clone(), now) {
         Ok(true) => {
             *last_refused = None;
             if let Some(cert) = serving.current() {

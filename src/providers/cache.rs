@@ -23,6 +23,7 @@ use super::conditions::admits;
 use super::value::Fetched;
 use super::{ProviderError, ProviderSettings, RemoteRef, SecretMap, SecretValue, StoreRef};
 use super::{Store, StoreKind};
+use crate::clock::{Clock, SystemClock};
 use crate::metrics::providers::ProviderMetrics;
 
 /// Everything that identifies one version of a store and its credentials.
@@ -100,6 +101,7 @@ pub struct Providers {
     /// (in-flight fetches keep their `Arc` until they finish).
     current: Mutex<HashMap<StoreId, ClientKey>>,
     builds: std::sync::atomic::AtomicU64,
+    clock: Arc<dyn Clock>,
 }
 
 impl Providers {
@@ -125,7 +127,15 @@ impl Providers {
             clients,
             current: Mutex::new(HashMap::new()),
             builds: Default::default(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same layer reading wall-clock time from `clock` (the system's
+    /// by default).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The settings in force.
@@ -202,6 +212,7 @@ impl Providers {
             store,
             catalog: self.catalog.as_ref(),
             aws: &self.settings.aws,
+            clock: &self.clock,
         };
         let built = match tokio::time::timeout_at(deadline, backends::build(&ctx)).await {
             Ok(result) => result,

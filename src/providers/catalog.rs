@@ -14,6 +14,7 @@ pub use self::file::{FileCatalog, StoresSummary, StoresWarning, log_loaded as lo
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -32,6 +33,7 @@ use self::credentials::{CredentialWatches, SecretId};
 use super::{ProviderError, SecretValue};
 use super::{Store, StoreKind};
 use crate::apis::{GROUP, Version};
+use crate::readiness::{Check, ReadinessCheck};
 use crate::reflectors;
 
 /// The label every namespace carries with its own name.
@@ -290,6 +292,20 @@ impl ClusterCatalog {
         }
     }
 
+    /// The `/readyz` check that passes once [`Self::ready`] has resolved:
+    /// before, every store would look absent and every injecting pod be
+    /// denied.
+    pub fn synced_check(self: &Arc<Self>) -> Arc<dyn ReadinessCheck> {
+        let check = StoresSynced::default();
+        let synced = Arc::clone(&check.0);
+        let catalog = Arc::clone(self);
+        tokio::spawn(async move {
+            catalog.ready().await;
+            synced.store(true, Ordering::Relaxed);
+        });
+        Arc::new(check)
+    }
+
     /// Resolves once the stores and namespaces are listed and every
     /// credential Secret they reference has been looked at.
     pub async fn ready(&self) {
@@ -385,5 +401,26 @@ impl StoreCatalog for ClusterCatalog {
 
     fn kube_client(&self) -> Option<Client> {
         Some(self.client.clone())
+    }
+}
+
+/// `/readyz` check: the cluster's stores have been listed.
+#[derive(Debug, Default)]
+struct StoresSynced(Arc<AtomicBool>);
+
+impl ReadinessCheck for StoresSynced {
+    fn checks(&self, _now: i64) -> Vec<Check> {
+        const NAME: &str = "stores-synced";
+        vec![if self.0.load(Ordering::Relaxed) {
+            Check::passed(
+                NAME,
+                "SecretStores, ClusterSecretStores and Namespaces listed, and the credential Secrets they reference",
+            )
+        } else {
+            Check::failed(
+                NAME,
+                "waiting for the first list of SecretStores, ClusterSecretStores and Namespaces, and of the credential Secrets they reference",
+            )
+        }]
     }
 }

@@ -4,7 +4,6 @@
 //! pod injection reads ([`start_injection`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::Client;
 use tokio::task::JoinHandle;
@@ -28,7 +27,7 @@ use crate::{
     leader::{self, LeaderElector, Leadership, LeaseSettings},
     metrics::Metrics,
     providers::{ClusterCatalog, ProviderSettings, Providers},
-    readiness::{Check, ReadinessCheck},
+    readiness::ReadinessCheck,
 };
 
 /// What the cluster-side tasks need to know, from the flags or a test.
@@ -202,16 +201,11 @@ pub fn start_injection(
     metrics: &Metrics,
 ) -> ClusterInjection {
     let catalog = Arc::new(ClusterCatalog::start(client.clone()));
-    let check = StoresSynced::default();
-    let synced = Arc::clone(&check.0);
-    let watched = Arc::clone(&catalog);
-    tokio::spawn(async move {
-        watched.ready().await;
-        synced.store(true, Ordering::Relaxed);
-    });
+    let readiness = catalog.synced_check();
     let secrets =
         ClusterSecrets::new(client.clone()).with_caches(Arc::new(ManagedCaches::start(client)));
-    let providers = Providers::new(settings, catalog, metrics.providers.clone());
+    let providers =
+        Providers::new(settings, catalog, metrics.providers.clone()).with_clock(clock.clone());
     ClusterInjection {
         injector: PodInjector::new(
             Arc::new(providers),
@@ -219,27 +213,6 @@ pub fn start_injection(
             clock,
             metrics.injections.clone(),
         ),
-        readiness: Arc::new(check),
-    }
-}
-
-/// `/readyz` check: the cluster's stores have been listed.
-#[derive(Debug, Default)]
-struct StoresSynced(Arc<AtomicBool>);
-
-impl ReadinessCheck for StoresSynced {
-    fn checks(&self, _now: i64) -> Vec<Check> {
-        const NAME: &str = "stores-synced";
-        vec![if self.0.load(Ordering::Relaxed) {
-            Check::passed(
-                NAME,
-                "SecretStores, ClusterSecretStores and Namespaces listed, and the credential Secrets they reference",
-            )
-        } else {
-            Check::failed(
-                NAME,
-                "waiting for the first list of SecretStores, ClusterSecretStores and Namespaces, and of the credential Secrets they reference",
-            )
-        }]
+        readiness,
     }
 }

@@ -13,7 +13,6 @@ pub mod throttle;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -21,8 +20,8 @@ use self::listener::{HEALTH_MAX_CONNECTIONS, ListenerLimits};
 pub use self::mode::Mode;
 use crate::readiness::{Readiness, ReadinessCheck};
 use crate::{
-    certs::{self, Ensured, ServingCert, SubjectAltName},
-    clock::SystemClock,
+    certs::{self, ServingCert, StandaloneCerts},
+    clock::{Clock, SystemClock},
     config::{CertMode, ConnectionTimeouts, ServeArgs},
     health,
     injection::{self, FileSecrets, MeteredSecrets, PodInjector},
@@ -30,10 +29,6 @@ use crate::{
     metrics::Metrics,
     providers::{FileCatalog, Providers, log_stores_loaded},
 };
-
-/// Longest single sleep of the renewal loop, so a wall-clock jump (a
-/// suspended laptop, a corrected node clock) is noticed within the hour.
-const MAX_RENEWAL_SLEEP: Duration = Duration::from_secs(3600);
 
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +72,7 @@ pub struct Server {
     args: ServeArgs,
     mode: Mode,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
     serving: Arc<ServingCert>,
     client: Option<kube::Client>,
     injector: PodInjector,
@@ -89,15 +85,16 @@ impl Server {
     /// Prepares certificates for `mode` and binds both listeners.
     pub async fn bind(args: ServeArgs, mode: Mode) -> Result<Self, Error> {
         let metrics = Arc::new(Metrics::new());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let identity = args.certs.service.identity();
         let serving = Arc::new(ServingCert::new(identity, metrics.certs.clone()));
         let cert_dir = &args.certs.cert_dir;
         let mut client = None;
         match mode {
             Mode::Standalone => {
-                let bundle = ensure_standalone_certs(&args)?;
+                let bundle = standalone_certs(&args).ensure(clock.as_ref())?;
                 serving
-                    .offer(bundle, OffsetDateTime::now_utc().unix_timestamp())
+                    .offer(bundle, clock.unix_now())
                     .map_err(refusal_to_error)?;
             }
             Mode::Cluster if args.cluster.cert_mode == CertMode::SelfManaged => {
@@ -114,22 +111,19 @@ impl Server {
                     mode = ?args.cluster.cert_mode,
                     "serving the certificate mounted in --cert-dir and checking the bundle injected for it"
                 );
-                if let Err(e) = certs::reload_from_dir(
-                    cert_dir,
-                    &serving,
-                    OffsetDateTime::now_utc().unix_timestamp(),
-                ) {
+                if let Err(e) = certs::reload_from_dir(cert_dir, &serving, clock.unix_now()) {
                     tracing::error!(error = %e, "no usable certificate yet; /readyz stays false until one appears");
                 }
             }
         }
-        let (injector, stores_synced) = build_injector(&args, client.as_ref(), &metrics)?;
+        let (injector, stores_synced) = build_injector(&args, client.as_ref(), &metrics, &clock)?;
         let webhook = bind(args.webhook_addr, "--webhook-addr").await?;
         let health = bind(args.health_addr, "--health-addr").await?;
         Ok(Self {
             args,
             mode,
             metrics,
+            clock,
             serving,
             client,
             injector,
@@ -159,6 +153,7 @@ impl Server {
             args,
             mode,
             metrics,
+            clock,
             serving,
             client,
             injector,
@@ -177,7 +172,7 @@ impl Server {
                 cluster::ClusterSettings::from_args(&args),
                 serving.clone(),
                 &metrics,
-                Arc::new(SystemClock),
+                clock.clone(),
                 shutdown.clone(),
                 background.clone(),
             )
@@ -189,6 +184,7 @@ impl Server {
                     args.certs.cert_dir.clone(),
                     serving.clone(),
                     certs::POLL_WITH_EVENTS,
+                    clock.clone(),
                     background.clone(),
                 )
             });
@@ -196,8 +192,9 @@ impl Server {
             .as_ref()
             .map_or_else(|| Leadership::fixed(true), |c| c.leadership.clone());
         let secret_loops = spawn_secret_loops(&args, &injector, &metrics, leadership, &shutdown);
-        let renewal = (mode == Mode::Standalone)
-            .then(|| tokio::spawn(renew_standalone(args.clone(), background.clone())));
+        let renewal = (mode == Mode::Standalone).then(|| {
+            tokio::spawn(standalone_certs(&args).renew(clock.clone(), background.clone()))
+        });
 
         let mut readiness = Readiness::new(shutdown.clone()).with_check(serving.clone());
         if let Some(cluster) = &cluster {
@@ -209,7 +206,7 @@ impl Server {
         let admin = listener::Listener {
             tcp: health,
             tls: None,
-            service: health::router(readiness, metrics.clone()),
+            service: health::router(readiness, metrics.clone(), clock.clone()),
             limits: ListenerLimits {
                 max_connections: HEALTH_MAX_CONNECTIONS,
                 timeouts: ConnectionTimeouts::default(),
@@ -262,11 +259,11 @@ fn build_injector(
     args: &ServeArgs,
     client: Option<&kube::Client>,
     metrics: &Metrics,
+    clock: &Arc<dyn Clock>,
 ) -> Result<(PodInjector, Option<Arc<dyn ReadinessCheck>>), Error> {
     let settings = args.providers.settings();
     if let Some(client) = client {
-        let cluster =
-            cluster::start_injection(client.clone(), settings, Arc::new(SystemClock), metrics);
+        let cluster = cluster::start_injection(client.clone(), settings, clock.clone(), metrics);
         return Ok((cluster.injector, Some(cluster.readiness)));
     }
     let catalog = match &settings.stores_file {
@@ -292,11 +289,12 @@ fn build_injector(
         FileSecrets::new(args.injection.secrets_dir.clone()),
         metrics.secret_writes.clone(),
     );
-    let providers = Providers::new(settings, catalog, metrics.providers.clone());
+    let providers =
+        Providers::new(settings, catalog, metrics.providers.clone()).with_clock(clock.clone());
     let injector = PodInjector::new(
         Arc::new(providers),
         Arc::new(secrets),
-        Arc::new(SystemClock),
+        clock.clone(),
         metrics.injections.clone(),
     );
     Ok((injector, None))
@@ -363,65 +361,16 @@ fn refusal_to_error(refusal: certs::Refusal) -> Error {
     }
 }
 
-fn standalone_sans(args: &ServeArgs) -> Vec<SubjectAltName> {
-    args.certs
-        .service
-        .identity()
-        .san_list(&args.certs.service.extra_sans, true)
-}
-
-/// Makes sure `--cert-dir` holds a CA and serving certificate for a local run.
-fn ensure_standalone_certs(args: &ServeArgs) -> Result<certs::PemBundle, Error> {
-    let dir = &args.certs.cert_dir;
-    let (bundle, ensured) = certs::ensure_self_managed(
-        dir,
-        &standalone_sans(args),
-        args.certs.cert_validity,
-        OffsetDateTime::now_utc(),
-    )?;
-    match ensured {
-        Ensured::Reused => {
-            tracing::info!(cert_dir = %dir.display(), "reusing the CA and serving certificate")
-        }
-        Ensured::Written { new_ca, reason } => tracing::info!(
-            cert_dir = %dir.display(),
-            new_ca,
-            %reason,
-            "wrote a new serving certificate{}",
-            if new_ca { " and CA" } else { "" }
-        ),
-    }
-    Ok(bundle)
-}
-
-/// Renews the standalone certificates when a third of their life is left;
-/// the directory watcher then serves them.
-async fn renew_standalone(args: ServeArgs, stop: CancellationToken) {
-    loop {
-        let next = match certs::read_bundle(&args.certs.cert_dir)
-            .ok()
-            .and_then(|b| certs::Inspection::parse(&b.tls_crt, &b.ca_crt).ok())
-        {
-            Some(inspection) => std::iter::once(&inspection.leaf)
-                .chain(&inspection.cas)
-                .map(|c| certs::renewal_time(c.not_before, c.not_after))
-                .min()
-                .unwrap_or_default(),
-            None => 0,
-        };
-        let wait = (next - OffsetDateTime::now_utc().unix_timestamp()).max(1);
-        let wait = Duration::from_secs(u64::try_from(wait).unwrap_or(1)).min(MAX_RENEWAL_SLEEP);
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        if let Err(e) = ensure_standalone_certs(&args) {
-            tracing::error!(error = %e, "renewing the standalone certificates failed; retrying in a minute");
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(60)) => {}
-            }
-        }
+/// The certificates of a standalone run, as the flags describe them.
+fn standalone_certs(args: &ServeArgs) -> StandaloneCerts {
+    StandaloneCerts {
+        dir: args.certs.cert_dir.clone(),
+        sans: args
+            .certs
+            .service
+            .identity()
+            .san_list(&args.certs.service.extra_sans, true),
+        validity: args.certs.cert_validity,
     }
 }
 

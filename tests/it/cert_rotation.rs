@@ -53,6 +53,7 @@ async fn start(dir: &std::path::Path) -> Stack {
         dir.to_path_buf(),
         serving.clone(),
         certs::POLL_WITH_EVENTS,
+        Arc::new(keyhook::clock::SystemClock),
         stop.clone(),
     );
     let listener_socket = TcpListener::bind("127.0.0.1:0").await.unwrap();

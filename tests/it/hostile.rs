@@ -412,6 +412,7 @@ async fn the_cert_directory_watch_survives_deletion_and_recreation() {
         dir.clone(),
         serving.clone(),
         Duration::from_secs(3600),
+        Arc::new(keyhook::clock::SystemClock),
         stop.clone(),
     );
     let readiness = Readiness::new(stop.clone()).with_check(serving.clone());

@@ -24,6 +24,7 @@
 //! turns the SDKs' variables off, as it does for the SDKs.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -37,6 +38,7 @@ use super::http::{client, transport_error};
 use super::sts::{RoleRequest, Sts};
 use super::{BackendError, BuildContext, SecretsClient, json_map, json_property, json_to_secret};
 use crate::apis::providers::{AwsJwtAuth, AwsProvider};
+use crate::clock::Clock;
 use crate::providers::{ProviderError, RemoteRef, SecretMap, SecretValue, StoreKind};
 
 const TARGET: &str = "secretsmanager.GetSecretValue";
@@ -139,6 +141,8 @@ pub struct AwsClient {
     /// How long `credentials` were valid when the client was built, for
     /// temporary ones.
     lifetime: Option<Duration>,
+    /// The time requests are signed at.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for AwsClient {
@@ -173,6 +177,7 @@ impl AwsClient {
             http: &http,
             endpoint: &sts_endpoint,
             region: &config.region,
+            clock: ctx.clock.as_ref(),
         };
         let mut credentials = base_credentials(ctx, config, &sts).await?;
         if let Some(role_arn) = config.role.as_deref().filter(|role| !role.is_empty()) {
@@ -186,9 +191,11 @@ impl AwsClient {
                 .await
                 .map_err(|e| ctx.build_error(e))?;
         }
-        let lifetime = credentials
-            .expiry()
-            .map(|expiry| expiry.duration_since(SystemTime::now()).unwrap_or_default());
+        let lifetime = credentials.expiry().map(|expiry| {
+            expiry
+                .duration_since(SystemTime::from(ctx.clock.now()))
+                .unwrap_or_default()
+        });
         let endpoint = ctx
             .store
             .aws_endpoint
@@ -203,6 +210,7 @@ impl AwsClient {
             prefix: config.prefix.clone().unwrap_or_default(),
             credentials,
             lifetime,
+            clock: ctx.clock.clone(),
         })
     }
 
@@ -226,7 +234,7 @@ impl AwsClient {
             .identity(&identity)
             .region(&self.region)
             .name("secretsmanager")
-            .time(SystemTime::now())
+            .time(SystemTime::from(self.clock.now()))
             .settings(SigningSettings::default())
             .build()
             .map_err(|e| BackendError::Other(format!("signing: {e}")))?

@@ -14,6 +14,7 @@ mod sts;
 pub mod vault;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -21,6 +22,7 @@ use super::catalog::StoreCatalog;
 use super::{ProviderConfig, Store};
 use super::{ProviderError, RemoteRef, SecretMap, SecretValue};
 use crate::apis::common::{SecretKeySelector, ServiceAccountSelector};
+use crate::clock::Clock;
 
 /// How a backend call failed; the layer decides retries from the class and
 /// adds the store and key to the message. Messages never carry a value.
@@ -150,6 +152,8 @@ pub(crate) struct BuildContext<'a> {
     pub(crate) catalog: &'a dyn StoreCatalog,
     /// keyhook's own AWS identity, for ClusterSecretStores without `auth`.
     pub(crate) aws: &'a aws::AwsEnvironment,
+    /// Wall-clock time, for signing requests and judging credentials.
+    pub(crate) clock: &'a Arc<dyn Clock>,
 }
 
 impl BuildContext<'_> {

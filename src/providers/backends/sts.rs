@@ -36,6 +36,8 @@ pub(crate) struct Sts<'a> {
     /// `https://sts.<region>.amazonaws.com/`, or an override.
     pub endpoint: &'a str,
     pub region: &'a str,
+    /// The time requests are signed at.
+    pub clock: &'a dyn crate::clock::Clock,
 }
 
 impl Sts<'_> {
@@ -72,7 +74,7 @@ impl Sts<'_> {
             .identity(&identity)
             .region(self.region)
             .name("sts")
-            .time(SystemTime::now())
+            .time(SystemTime::from(self.clock.now()))
             .settings(SigningSettings::default())
             .build()
             .map_err(|e| format!("signing AssumeRole: {e}"))?
