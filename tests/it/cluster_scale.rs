@@ -17,7 +17,7 @@ use support::cluster_objects::{
     vault_cluster_store,
 };
 use support::fake_apiserver::{ApiRequest, FakeApiServer, Verb};
-use support::scenarios::Harness;
+use support::harness::Harness;
 use time::OffsetDateTime;
 
 const NAMESPACES: usize = 50;

@@ -7,7 +7,8 @@ use crate::support;
 
 use std::time::Duration;
 
-use support::scenarios::{self, Harness};
+use crate::scenarios;
+use support::harness::Harness;
 
 async fn within_a_day<F: std::future::Future<Output = ()>>(scenario: F) {
     tokio::time::timeout(Duration::from_secs(24 * 3600), scenario)

@@ -10,7 +10,8 @@ use crate::support;
 
 use std::{future::Future, path::PathBuf};
 
-use support::scenarios::{self, Harness};
+use crate::scenarios;
+use support::harness::Harness;
 
 /// The scenarios share cluster objects: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

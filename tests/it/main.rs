@@ -37,5 +37,6 @@ mod providers_kubernetes;
 mod providers_race;
 mod providers_ratelimit;
 mod providers_vault;
+mod scenarios;
 mod tls_clients;
 mod webhook_http;
