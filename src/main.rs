@@ -1,11 +1,11 @@
 //! The `keyhook` command line.
 
 /// Every review is decoded into short-lived strings and maps on whichever
-/// worker runs it and freed on another: glibc's allocator spent a quarter of
-/// keyhook's CPU on its arena locks under load (musl's is slower still).
-/// mimalloc's per-thread heaps took a pod review from 60 to 41 µs of CPU.
-/// Built with `no_thp`: it would otherwise madvise its arena into huge pages,
-/// and each touched 2 MiB counts as resident (idle RSS 25 MiB instead of 14).
+/// worker runs it and freed on another: glibc's allocator contends on its
+/// arena locks for that under load (musl's is slower still), mimalloc's
+/// per-thread heaps do not. Built with `no_thp`: it would otherwise madvise
+/// its arena into huge pages, each of which counts as resident once touched.
+/// docs/benchmarks.md has the measurements.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

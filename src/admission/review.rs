@@ -164,8 +164,8 @@ struct ConversionEnvelope {
 /// Decodes an `admission.k8s.io/v1` AdmissionReview and returns its request,
 /// with the object as `T` (a typed resource, or a `DynamicObject`).
 ///
-/// The request is boxed where it is built: it is ~1.5 KB, and would
-/// otherwise be copied out of this function and into the handler's future.
+/// The request is boxed where it is built: it is large, and would otherwise
+/// be copied out of this function and into the handler's future.
 pub fn decode_admission<T>(body: &[u8]) -> Result<Box<AdmissionRequest<T>>, ReviewError>
 where
     T: Resource + DeserializeOwned,
