@@ -48,7 +48,8 @@ pub struct ClientKey {
 
 impl ClientKey {
     fn of(store: &Store, catalog: &dyn StoreCatalog) -> Self {
-        let credentials = backends::credential_secrets(store)
+        let credentials = store
+            .credential_secrets()
             .into_iter()
             .map(|(namespace, name)| {
                 let version = catalog.secret_version(&namespace, &name);

@@ -192,7 +192,7 @@ impl StoreCaches {
             .map(|o| (StoreKind::SecretStore, o))
             .chain(cluster_stores.map(|o| (StoreKind::ClusterSecretStore, o)))
             .filter_map(|(kind, object)| parse_store(kind, &object).ok())
-            .flat_map(|store| super::backends::credential_secrets(&store))
+            .flat_map(|store| store.credential_secrets())
             .collect()
     }
 }

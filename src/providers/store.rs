@@ -77,6 +77,57 @@ impl Store {
         }
     }
 
+    /// The `(namespace, name)` of every Secret the store reads credentials
+    /// from; their resourceVersions are part of the client key.
+    pub fn credential_secrets(&self) -> Vec<(String, String)> {
+        let mut refs: Vec<&SecretKeySelector> = Vec::new();
+        match &self.provider {
+            ProviderConfig::Fake(_) => {}
+            ProviderConfig::Kubernetes(k) => {
+                if let Some(auth) = &k.auth {
+                    refs.extend(auth.token.as_ref().and_then(|t| t.bearer_token.as_ref()));
+                    refs.extend(
+                        auth.cert
+                            .iter()
+                            .flat_map(|c| [&c.client_cert, &c.client_key])
+                            .flatten(),
+                    );
+                }
+            }
+            ProviderConfig::Vault(v) => {
+                if let Some(auth) = &v.auth {
+                    refs.extend(auth.token_secret_ref.as_ref());
+                    refs.extend(
+                        auth.app_role.iter().flat_map(|a| {
+                            std::iter::once(&a.secret_ref).chain(a.role_ref.as_ref())
+                        }),
+                    );
+                    refs.extend(auth.kubernetes.as_ref().and_then(|k| k.secret_ref.as_ref()));
+                }
+            }
+            ProviderConfig::Aws(a) => {
+                if let Some(s) = a.auth.as_ref().and_then(|a| a.secret_ref.as_ref()) {
+                    refs.extend(
+                        [&s.access_key_id, &s.secret_access_key, &s.session_token]
+                            .into_iter()
+                            .flatten(),
+                    );
+                }
+            }
+            ProviderConfig::OnePassword(o) => refs.push(&o.auth.secret_ref.connect_token),
+        }
+        let mut secrets: Vec<(String, String)> = refs
+            .into_iter()
+            .filter_map(|r| {
+                self.credential_namespace(r.namespace.as_deref())
+                    .map(|ns| (ns.to_string(), r.name.clone().unwrap_or_default()))
+            })
+            .collect();
+        secrets.sort();
+        secrets.dedup();
+        secrets
+    }
+
     /// Parses a store from its JSON shape (a `DynamicObject` serialized, a
     /// manifest document, or the object a watch delivered).
     pub fn from_value(object: &Value) -> Result<Self, ProviderError> {

@@ -287,58 +287,6 @@ pub(crate) async fn build(ctx: &BuildContext<'_>) -> Result<BackendClient, Provi
     })
 }
 
-/// The `(namespace, name)` of every Secret a store reads credentials from;
-/// their resourceVersions are part of the client key.
-pub(crate) fn credential_secrets(store: &Store) -> Vec<(String, String)> {
-    let mut refs: Vec<&SecretKeySelector> = Vec::new();
-    match &store.provider {
-        ProviderConfig::Fake(_) => {}
-        ProviderConfig::Kubernetes(k) => {
-            if let Some(auth) = &k.auth {
-                refs.extend(auth.token.as_ref().and_then(|t| t.bearer_token.as_ref()));
-                refs.extend(
-                    auth.cert
-                        .iter()
-                        .flat_map(|c| [&c.client_cert, &c.client_key])
-                        .flatten(),
-                );
-            }
-        }
-        ProviderConfig::Vault(v) => {
-            if let Some(auth) = &v.auth {
-                refs.extend(auth.token_secret_ref.as_ref());
-                refs.extend(
-                    auth.app_role
-                        .iter()
-                        .flat_map(|a| std::iter::once(&a.secret_ref).chain(a.role_ref.as_ref())),
-                );
-                refs.extend(auth.kubernetes.as_ref().and_then(|k| k.secret_ref.as_ref()));
-            }
-        }
-        ProviderConfig::Aws(a) => {
-            if let Some(s) = a.auth.as_ref().and_then(|a| a.secret_ref.as_ref()) {
-                refs.extend(
-                    [&s.access_key_id, &s.secret_access_key, &s.session_token]
-                        .into_iter()
-                        .flatten(),
-                );
-            }
-        }
-        ProviderConfig::OnePassword(o) => refs.push(&o.auth.secret_ref.connect_token),
-    }
-    let mut secrets: Vec<(String, String)> = refs
-        .into_iter()
-        .filter_map(|r| {
-            store
-                .credential_namespace(r.namespace.as_deref())
-                .map(|ns| (ns.to_string(), r.name.clone().unwrap_or_default()))
-        })
-        .collect();
-    secrets.sort();
-    secrets.dedup();
-    secrets
-}
-
 /// Renders a JSON value as a secret: strings as their text, anything else as JSON.
 pub(crate) fn json_to_secret(value: &Value) -> SecretValue {
     match value {
