@@ -16,10 +16,10 @@ use kube::runtime::{reflector, watcher};
 use kube::{Api, Client};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::reference::{INJECT_LABEL, INJECTED_ANNOTATION};
-use super::secret::{
+use super::managed::{
     FETCHED_AT_ANNOTATION, MANAGED_BY_LABEL, ManagedSecret, REFERENCES_ANNOTATION, record_from_meta,
 };
+use super::reference::{INJECT_LABEL, INJECTED_ANNOTATION};
 use crate::FIELD_MANAGER;
 
 /// The caches of managed Secrets and injected pods.

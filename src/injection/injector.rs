@@ -10,9 +10,10 @@ use kube::core::{admission::AdmissionRequest, admission::AdmissionResponse};
 use tokio::time::Instant;
 
 use super::InjectionError;
+use super::managed::ManagedSecret;
 use super::patch::{self, env_from_prefix};
 use super::reference::{INJECTED_ANNOTATION, OnError, PodRequest, SecretSpec, env_name};
-use super::secret::{ManagedSecret, ManagedSecrets, SecretsError};
+use super::secret::{ManagedSecrets, SecretsError};
 use super::source::ValueSource;
 use crate::clock::Clock;
 use crate::metrics::{PodInjectionMetrics, PodInjectionResult};

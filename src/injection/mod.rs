@@ -13,6 +13,7 @@
 
 pub mod caches;
 mod injector;
+pub mod managed;
 pub mod patch;
 pub mod pod;
 pub mod reference;
@@ -22,12 +23,11 @@ pub mod source;
 
 pub use caches::ManagedCaches;
 pub use injector::PodInjector;
+pub use managed::ManagedSecret;
 pub use pod::AdmittedPod;
 pub use reference::{PodRequest, Reference, ReferenceError, SecretSpec};
 pub use refresh::{RefreshSettings, run_gc, run_refresh};
-pub use secret::{
-    ClusterSecrets, FileSecrets, ManagedSecret, ManagedSecrets, MeteredSecrets, SecretsError,
-};
+pub use secret::{ClusterSecrets, FileSecrets, ManagedSecrets, MeteredSecrets, SecretsError};
 pub use source::{StorePolicy, ValueSource};
 
 use crate::providers::ProviderError;

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::PodInjector;
-use super::secret::ManagedSecret;
+use super::managed::ManagedSecret;
 use crate::metrics::{RefreshResult, SecretControllerMetrics};
 use crate::providers::StoreKind;
 

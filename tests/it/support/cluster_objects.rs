@@ -130,7 +130,7 @@ pub fn managed_secret(secret: &ManagedSecret, i: usize) -> Value {
         .map(|r| (r.secret_key(), SecretValue::from("v")))
         .collect();
     let mut object =
-        serde_json::to_value(keyhook::injection::secret::manifest(secret, &data)).unwrap();
+        serde_json::to_value(keyhook::injection::managed::manifest(secret, &data)).unwrap();
     object["metadata"]["uid"] = uid(3, i).into();
     object
 }
