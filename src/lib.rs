@@ -1,10 +1,24 @@
 //! keyhook: the admission, conversion and TLS server for External-Secrets-style
 //! Kubernetes webhooks.
 //!
-//! The module map follows the design: [`server`] is the HTTPS edge,
-//! [`admission`] decodes reviews and decides, [`certs`] issues, checks and
-//! serves certificates, [`health`] answers the kubelet's probes and
-//! Prometheus, [`metrics`] defines every metric, and [`config`] every setting.
+//! The module map follows the design (docs/architecture.md draws it):
+//!
+//! - the edge: [`server`] binds the listeners, routes reviews and shuts down;
+//!   [`admission`] decodes reviews and answers them within their deadline;
+//!   [`health`] answers the kubelet's probes and Prometheus, from the
+//!   [`readiness`] checks;
+//! - the webhooks' concerns: [`injection`] mutates pods and keeps the Secrets
+//!   it materializes fresh; [`providers`] fetches secret values from the
+//!   stores' backends; [`apis`] holds the custom resources, their conversion
+//!   and validation;
+//! - certificates: [`certs`] is the TLS material and the resolver that serves
+//!   it, [`certs::cluster`] its Secret, caBundle injection and rotation in a
+//!   cluster; [`doctor`] checks a cluster's wiring from the outside;
+//! - cluster plumbing: [`leader`] elects the replica that runs controllers,
+//!   [`reflectors`] are the watches keyhook keeps;
+//! - shared ground: [`config`] holds every setting, [`metrics`] every metric,
+//!   [`clock`] wall-clock time, [`duration`] the one duration grammar, and
+//!   [`single_flight`] the coalescing of identical concurrent work.
 
 pub mod admission;
 pub mod apis;

@@ -1,11 +1,15 @@
 //! The provider layer: every fetch of a secret value goes through here.
 //!
 //! ```text
-//! Providers::client(store ref, namespace)      resolve + authorize (conditions)
-//!   └─ ClientCache (moka, single-flight)        one StoreClient per store identity
+//! Providers::client(store ref, namespace)      resolve (catalog, store) + authorize (conditions)
+//!   └─ client cache (moka, built once per key)  one StoreClient per store identity (ClientKey)
 //!        └─ StoreHandle::get_secret(ref, deadline)
-//!             result cache → coalescing → rate limit → in-flight cap → backoff → backend
+//!             result cache → coalescing (single_flight) → rate limit → in-flight cap
+//!             → backoff → backend (backends::BackendClient)
 //! ```
+//!
+//! A store is read into the [`crate::apis::v1`] types the webhooks validate
+//! and convert, and narrowed to a [`Store`]: there is one model of it.
 //!
 //! Three production failures are impossible by construction:
 //! - **wrong backend**: a client is keyed by the store's full identity
