@@ -424,10 +424,13 @@ async fn the_cert_directory_watch_survives_deletion_and_recreation() {
             .into_iter()
             .find(|c| c.name == "cert_dir_readable")
     };
-    eventually(|| serving.current().is_some()).await;
+    support::eventually("the condition", HANG, || serving.current().is_some()).await;
 
     std::fs::remove_dir_all(&dir).unwrap();
-    eventually(|| dir_check(&readiness).is_some_and(|c| !c.ok)).await;
+    support::eventually("the condition", HANG, || {
+        dir_check(&readiness).is_some_and(|c| !c.ok)
+    })
+    .await;
     let report = readiness.report(now());
     assert!(
         report.ready,
@@ -449,25 +452,14 @@ async fn the_cert_directory_watch_survives_deletion_and_recreation() {
             .current()
             .is_some_and(|c| c.bundle.tls_crt == bundle.tls_crt)
     };
-    eventually(|| served_now(&second)).await;
+    support::eventually("the condition", HANG, || served_now(&second)).await;
     // Changes inside the new directory are seen too, once the wake-ups of
     // its creation are spent.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let third = ca.bundle();
     volume.swap(&third);
-    eventually(|| served_now(&third)).await;
+    support::eventually("the condition", HANG, || served_now(&third)).await;
     assert!(dir_check(&readiness).unwrap().ok);
     assert!(serving.checks(now()).iter().all(|c| c.ok));
     stop.cancel();
-}
-
-/// Waits for `condition`, failing the test if it never holds.
-async fn eventually(condition: impl Fn() -> bool) {
-    tokio::time::timeout(HANG, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the condition never held");
 }

@@ -273,20 +273,6 @@ fn objects_of(list: &str, body: serde_json::Value) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what} never happened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn refresh_and_gc_read_managed_secrets_and_injected_pods_from_watches() {
     scenario(async {
@@ -325,7 +311,7 @@ async fn refresh_and_gc_read_managed_secrets_and_injected_pods_from_watches() {
         for pod in ["checkout-7b9c4d8f6d-x2k9q", "checkout-7b9c4d8f6d-m4n7p"] {
             pods.delete(pod, &Default::default()).await.unwrap();
         }
-        eventually("the pods' deletion", || async {
+        support::eventually_async("the pods' deletion", Duration::from_secs(10), || async {
             secrets.in_use().await.unwrap().is_empty()
         })
         .await;
@@ -337,7 +323,7 @@ async fn refresh_and_gc_read_managed_secrets_and_injected_pods_from_watches() {
             keys: BTreeSet::new(),
         };
         secrets.apply(&written, &BTreeMap::new()).await.unwrap();
-        eventually("the new Secret", || async {
+        support::eventually_async("the new Secret", Duration::from_secs(10), || async {
             secrets.list().await.unwrap().iter().any(|s| s.namespace == "billing")
         })
         .await;

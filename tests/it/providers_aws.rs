@@ -172,14 +172,11 @@ fn cluster_store(name: &str, moto: &Moto, extra: &str) -> String {
 }
 
 fn layer(yaml: &str, aws: AwsEnvironment) -> Providers {
-    Providers::new(
-        ProviderSettings {
-            aws,
-            ..Default::default()
-        },
-        Arc::new(FileCatalog::from_yaml(yaml).unwrap()),
-        Arc::new(ProviderMetrics::unregistered()),
-    )
+    let settings = ProviderSettings {
+        aws,
+        ..Default::default()
+    };
+    support::providers::layer(yaml, settings).0
 }
 
 /// Reads `app/db` through the ClusterSecretStore `store`.

@@ -16,6 +16,9 @@ use keyhook::providers::{
 };
 use serde_json::json;
 use support::cluster_objects;
+
+/// How long a watch may take to deliver a change.
+const WAIT: Duration = Duration::from_secs(10);
 use support::fake_apiserver::{ApiRequest, FakeApiServer, Verb};
 
 fn namespace(name: &str, team: &str) -> serde_json::Value {
@@ -54,17 +57,6 @@ fn token_secret() -> serde_json::Value {
         "metadata": {"name": "vault-token", "namespace": "shop", "uid": "5d3e6c1a-0000-4000-8000-000000000003"},
         "data": {"token": "cy5yb290LXRva2Vu"}
     })
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let start = tokio::time::Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{what} never happened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -125,7 +117,7 @@ async fn the_cluster_catalog_follows_stores_namespaces_and_credentials_by_watch(
 
     // Changes arrive through the watches.
     api.seed(vault_store("https://vault-b.example:8200", 2));
-    eventually("the store update", || {
+    support::eventually("the store update", WAIT, || {
         catalog
             .store(StoreKind::SecretStore, "shop", "vault")
             .unwrap()
@@ -135,14 +127,14 @@ async fn the_cluster_catalog_follows_stores_namespaces_and_credentials_by_watch(
     let mut rotated = token_secret();
     rotated["data"]["token"] = json!("cy5uZXctdG9rZW4=");
     api.seed(rotated);
-    eventually("the credential rotation", || {
+    support::eventually("the credential rotation", WAIT, || {
         catalog
             .secret_version("shop", "vault-token")
             .is_some_and(|v| v != version)
     })
     .await;
     api.seed(namespace("billing", "shop"));
-    eventually("the relabelled namespace", || {
+    support::eventually("the relabelled namespace", WAIT, || {
         catalog
             .namespace_labels("billing")
             .and_then(|l: BTreeMap<_, _>| l.get("team").cloned())
@@ -155,7 +147,7 @@ async fn the_cluster_catalog_follows_stores_namespaces_and_credentials_by_watch(
     let mut anonymous = vault_store("https://vault-b.example:8200", 3);
     anonymous["spec"]["provider"]["vault"]["auth"] = json!({});
     api.seed(anonymous);
-    eventually("the credential watch to stop", || {
+    support::eventually("the credential watch to stop", WAIT, || {
         catalog.secret_version("shop", "vault-token").is_none()
     })
     .await;

@@ -14,22 +14,10 @@ use keyhook::providers::{
 };
 use serde_json::json;
 use support::backends::{Connect, ConnectState, item, secret_doc};
+use support::providers::layer;
 use tokio::time::Instant;
 
 const FIXTURE: &str = include_str!("../fixtures/providers/stores.yaml");
-
-fn layer(
-    yaml: &str,
-    settings: ProviderSettings,
-) -> (Providers, Arc<FileCatalog>, Arc<ProviderMetrics>) {
-    let catalog = Arc::new(FileCatalog::from_yaml(yaml).expect("valid stores"));
-    let metrics = Arc::new(ProviderMetrics::unregistered());
-    (
-        Providers::new(settings, catalog.clone(), metrics.clone()),
-        catalog,
-        metrics,
-    )
-}
 
 fn soon() -> Instant {
     Instant::now() + Duration::from_secs(10)

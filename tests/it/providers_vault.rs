@@ -27,15 +27,13 @@ fn soon() -> Instant {
 }
 
 fn layer(yaml: &str) -> (Arc<Providers>, Arc<FileCatalog>, Arc<ProviderMetrics>) {
-    let catalog = Arc::new(FileCatalog::from_yaml(yaml).expect("valid stores"));
     let settings = ProviderSettings {
         qps: 10_000.0,
         burst: 1_000,
         relogin_interval: RELOGIN_INTERVAL,
         ..Default::default()
     };
-    let metrics = Arc::new(ProviderMetrics::unregistered());
-    let providers = Providers::new(settings, catalog.clone(), metrics.clone());
+    let (providers, catalog, metrics) = support::providers::layer(yaml, settings);
     (Arc::new(providers), catalog, metrics)
 }
 

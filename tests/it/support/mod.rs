@@ -12,6 +12,7 @@ pub mod fake_apiserver;
 pub mod harness;
 pub mod injection;
 pub mod process;
+pub mod providers;
 pub mod schema;
 pub mod server;
 pub mod tls;
@@ -23,6 +24,29 @@ use std::{path::PathBuf, time::Duration};
 use http::{Request, Response};
 use kube::client::Body;
 use serde_json::Value;
+
+/// Waits until `holds()` is true, polling; panics naming `what` when it is
+/// not within `within` (of tokio's clock: a paused test advances it).
+pub async fn eventually(what: &str, within: Duration, mut holds: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !holds() {
+        assert!(start.elapsed() < within, "{what} never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`eventually`], for a check that awaits.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut holds: impl FnMut() -> F,
+) {
+    let start = tokio::time::Instant::now();
+    while !holds().await {
+        assert!(start.elapsed() < within, "{what} never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 /// A fixture under `tests/fixtures/kube/`, parsed.
 pub fn fixture(name: &str) -> Value {
