@@ -2,8 +2,8 @@
 //! abstraction that runs leader-only controllers.
 //!
 //! Every replica serves every webhook; only the holder of the Lease runs the
-//! controllers (the certificate controller now, the secret refresh and GC
-//! loops later). The protocol is client-go's: a candidate takes a Lease whose
+//! controllers (the certificate controller, the secret refresh and GC
+//! loops). The protocol is client-go's: a candidate takes a Lease whose
 //! holder has not renewed it for `lease_duration` (measured on the
 //! candidate's own clock from when it last saw the record change, so clock
 //! skew between nodes does not matter), the holder renews every
