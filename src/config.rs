@@ -316,32 +316,61 @@ pub struct ProviderArgs {
 /// are the SDKs' settings, given through the environment.
 #[derive(Debug, Clone, Default, Args)]
 pub struct AwsArgs {
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true)]
+    #[arg(long = "aws-access-key-id", env = "AWS_ACCESS_KEY_ID", hide = true)]
     access_key_id: Option<String>,
     #[arg(
-        long,
+        long = "aws-secret-access-key",
         env = "AWS_SECRET_ACCESS_KEY",
         hide = true,
         hide_env_values = true
     )]
     secret_access_key: Option<String>,
-    #[arg(long, env = "AWS_SESSION_TOKEN", hide = true, hide_env_values = true)]
+    #[arg(
+        long = "aws-session-token",
+        env = "AWS_SESSION_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
     session_token: Option<String>,
-    #[arg(long, env = "AWS_ROLE_ARN", hide = true)]
+    #[arg(long = "aws-role-arn", env = "AWS_ROLE_ARN", hide = true)]
     role_arn: Option<String>,
-    #[arg(long, env = "AWS_WEB_IDENTITY_TOKEN_FILE", hide = true)]
+    #[arg(
+        long = "aws-web-identity-token-file",
+        env = "AWS_WEB_IDENTITY_TOKEN_FILE",
+        hide = true
+    )]
     web_identity_token_file: Option<String>,
-    #[arg(long, env = "AWS_ROLE_SESSION_NAME", hide = true)]
+    #[arg(
+        long = "aws-role-session-name",
+        env = "AWS_ROLE_SESSION_NAME",
+        hide = true
+    )]
     role_session_name: Option<String>,
-    #[arg(long, env = "AWS_ENDPOINT_URL", hide = true)]
+    #[arg(long = "aws-endpoint-url", env = "AWS_ENDPOINT_URL", hide = true)]
     endpoint_url: Option<String>,
-    #[arg(long, env = "AWS_ENDPOINT_URL_STS", hide = true)]
+    #[arg(
+        long = "aws-endpoint-url-sts",
+        env = "AWS_ENDPOINT_URL_STS",
+        hide = true
+    )]
     endpoint_url_sts: Option<String>,
-    #[arg(long, env = "AWS_ENDPOINT_URL_SECRETS_MANAGER", hide = true)]
+    #[arg(
+        long = "aws-endpoint-url-secrets-manager",
+        env = "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+        hide = true
+    )]
     endpoint_url_secrets_manager: Option<String>,
-    #[arg(long, env = "AWS_SECRETSMANAGER_ENDPOINT", hide = true)]
+    #[arg(
+        long = "aws-secretsmanager-endpoint",
+        env = "AWS_SECRETSMANAGER_ENDPOINT",
+        hide = true
+    )]
     secretsmanager_endpoint: Option<String>,
-    #[arg(long, env = "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", hide = true)]
+    #[arg(
+        long = "aws-ignore-configured-endpoint-urls",
+        env = "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        hide = true
+    )]
     ignore_configured_endpoint_urls: Option<String>,
 }
 
@@ -527,7 +556,7 @@ impl LogArgs {
             .or_else(|| {
                 self.rust_log
                     .clone()
-                    .filter(|filter| parse_log_filter(filter).is_ok())
+                    .filter(|filter| !filter.trim().is_empty() && parse_log_filter(filter).is_ok())
             })
             .unwrap_or_else(|| "info".into())
     }
@@ -760,6 +789,38 @@ mod tests {
                 .contains("is not a Go duration")
         );
         assert!(parse_duration("-1s").unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn platform_variables_arrive_through_the_parser() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let flags = Flags::parse_from([
+            "keyhook",
+            "--aws-access-key-id",
+            "AKIDEXAMPLE",
+            "--aws-secret-access-key",
+            "wJalrXUtnFEMI",
+            "--aws-endpoint-url",
+            "http://127.0.0.1:5000",
+            "--kubernetes-service-host",
+            "10.0.0.1",
+            "--pod-name",
+            "keyhook-0",
+        ]);
+        let aws = flags.serve.providers.aws.environment();
+        let keys = aws.static_keys.expect("static keys");
+        assert_eq!(keys.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(keys.secret_access_key.expose(), b"wJalrXUtnFEMI");
+        assert_eq!(aws.sts_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert!(flags.serve.pod.in_pod());
+        assert_eq!(flags.serve.pod.replica_name(), "keyhook-0");
+        assert!(!PodArgs::default().in_pod());
+        assert_eq!(PodArgs::default().replica_name(), "keyhook");
     }
 
     #[test]
