@@ -60,13 +60,18 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// An ExternalSecret review of about `size` bytes: many data entries.
-fn external_secret_review(size: usize, version: &str) -> Vec<u8> {
+/// An ExternalSecret review of about `size` bytes: many data entries, with
+/// short names (the most entries per byte) or names as teams write them.
+fn external_secret_review(size: usize, version: &str, long_names: bool) -> Vec<u8> {
     let mut data = Vec::new();
     let mut left = size.saturating_sub(700) as isize;
     while left > 0 {
         let i = data.len();
-        let entry = json!({"secretKey": format!("key-{i}"), "remoteRef": {"key": format!("shop/db-{i}"), "property": "password"}});
+        let entry = if long_names {
+            json!({"secretKey": format!("PAYMENTS_POSTGRES_PASSWORD_{i}"), "remoteRef": {"key": format!("prod/payments/postgres-primary-{i}"), "property": "password", "conversionStrategy": "Default"}})
+        } else {
+            json!({"secretKey": format!("key-{i}"), "remoteRef": {"key": format!("shop/db-{i}"), "property": "password"}})
+        };
         left -= entry.to_string().len() as isize + 1;
         data.push(entry);
     }
@@ -174,13 +179,29 @@ fn main() {
             "{:<44} {:>11}  {:>13}  memory held by the handlers at their peak",
             "review", "body", "time"
         );
-        for (what, version, size) in [
-            ("ExternalSecret validation, v1", "v1", 100_000),
-            ("ExternalSecret validation, v1", "v1", 7_000_000),
-            ("ExternalSecret validation, v1beta1", "v1beta1", 100_000),
-            ("ExternalSecret validation, v1beta1", "v1beta1", 7_000_000),
+        for (what, version, size, long_names) in [
+            ("ExternalSecret validation, v1", "v1", 100_000, false),
+            ("ExternalSecret validation, v1", "v1", 7_000_000, false),
+            (
+                "ExternalSecret validation, v1, long names",
+                "v1",
+                7_000_000,
+                true,
+            ),
+            (
+                "ExternalSecret validation, v1beta1",
+                "v1beta1",
+                100_000,
+                false,
+            ),
+            (
+                "ExternalSecret validation, v1beta1",
+                "v1beta1",
+                7_000_000,
+                false,
+            ),
         ] {
-            let body = external_secret_review(size, version);
+            let body = external_secret_review(size, version, long_names);
             measure(&service, what, "/validate-externalsecret", &body).await;
         }
         measure(&service, "pod review", "/mutate-pod", &pod_review(3_600)).await;

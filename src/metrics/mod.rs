@@ -6,6 +6,7 @@
 //! fixed enums — never a secret, never a name a client chooses.
 
 pub mod providers;
+pub mod sharded;
 
 use std::fmt;
 use std::sync::Arc;
@@ -102,13 +103,13 @@ pub struct PathLabels {
     pub path: &'static str,
 }
 
-/// Webhook HTTP traffic.
+/// Webhook HTTP traffic. Written by every request: sharded.
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
     /// `keyhook_http_requests_total{path,status}`.
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestLabels, ShardedCounter>,
     /// `keyhook_http_request_duration_seconds{path}`.
-    pub duration: Family<PathLabels, Histogram>,
+    pub duration: Family<PathLabels, ShardedHistogram>,
 }
 
 impl HttpMetrics {
@@ -121,8 +122,8 @@ impl HttpMetrics {
         );
         // 100 µs to ~3.3 s: admission answers in well under a millisecond when
         // nothing is fetched, and must finish before the 10 s apiserver deadline.
-        let duration = Family::<PathLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        let duration = Family::<PathLabels, ShardedHistogram>::new_with_constructor(|| {
+            ShardedHistogram::new(exponential_buckets(0.0001, 2.0, 16))
         });
         registry.register(
             "http_request_duration_seconds",
@@ -156,10 +157,10 @@ impl HttpMetrics {
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
     path: &'static str,
-    duration: Histogram,
+    duration: ShardedHistogram,
     usual: u16,
-    usual_count: Counter,
-    requests: Family<RequestLabels, Counter>,
+    usual_count: ShardedCounter,
+    requests: Family<RequestLabels, ShardedCounter>,
 }
 
 impl RouteMetrics {
@@ -246,6 +247,7 @@ macro_rules! label_values {
 pub mod connections;
 
 pub use connections::{CloseReason, ConnectionMetrics, Listener, ServerMetrics};
+pub use sharded::{ShardedCounter, ShardedHistogram};
 
 label_values!(CertKind { Serving => "serving", Ca => "ca" });
 label_values!(ReloadResult { Installed => "installed", Refused => "refused" });
@@ -441,15 +443,15 @@ pub struct PodInjectionLabels {
 #[derive(Debug, Clone)]
 pub struct PodInjectionMetrics {
     /// `keyhook_injections_total{result}`.
-    pub injections: Family<PodInjectionLabels, Counter>,
+    pub injections: Family<PodInjectionLabels, ShardedCounter>,
     /// The counter of each result, resolved once: every admission counts
     /// one, and a label lookup takes the family's lock.
-    by_result: [Counter; PodInjectionResult::ALL.len()],
+    by_result: [ShardedCounter; PodInjectionResult::ALL.len()],
 }
 
 impl Default for PodInjectionMetrics {
     fn default() -> Self {
-        let injections = Family::<PodInjectionLabels, Counter>::default();
+        let injections = Family::<PodInjectionLabels, ShardedCounter>::default();
         let by_result = PodInjectionResult::ALL.map(|result| {
             injections
                 .get_or_create(&PodInjectionLabels { result })

@@ -11,17 +11,13 @@
 //! sends a few KiB). Clients that hold large bodies open, on purpose or
 //! not, cannot make the apiserver's reviews wait.
 
-use std::sync::Arc;
-
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
-    time::Instant,
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
-/// Budget is handed out in units of this many bytes, so that one
-/// reservation of up to 4 TiB fits the semaphore's `u32` permit count.
-const UNIT: usize = 1024;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use tokio::{sync::Notify, time::Instant};
 
 /// Bodies up to this size draw on the whole budget; larger ones only on
 /// the part not kept for them.
@@ -41,36 +37,64 @@ pub struct OverBudget {
 }
 
 /// The budget shared by every webhook request.
+///
+/// Every request takes from it and gives back, on every core: the
+/// accounting is one atomic add and one subtract, and only a request that
+/// has to wait touches anything more.
 #[derive(Debug, Clone)]
-pub struct MemoryBudget {
-    /// Every body's bytes.
-    all: Arc<Semaphore>,
-    /// The bytes of bodies larger than [`SMALL_BODY`], also counted in `all`.
-    large: Arc<Semaphore>,
+pub struct MemoryBudget(Arc<Handle>);
+
+/// One holder's way to the budget. A reservation keeps its holder's handle
+/// alive: with a handle per connection, counting those references never
+/// touches memory that requests on other cores touch too.
+#[derive(Debug)]
+struct Handle(Arc<Shared>);
+
+impl std::ops::Deref for Handle {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
     limit: usize,
     large_limit: usize,
+    /// Bytes held by every body: the exported gauge is the account itself.
     in_use: Gauge,
+    /// Bytes held by bodies larger than [`SMALL_BODY`], also in `in_use`.
+    large: AtomicUsize,
+    /// Requests waiting for bytes to be given back.
+    waiting: AtomicUsize,
+    given_back: Notify,
     refusals: Counter,
 }
 
 impl MemoryBudget {
-    /// A budget of `limit` bytes whose use is shown in `in_use` and whose
+    /// A budget of `limit` bytes whose use is kept in `in_use` and whose
     /// refusals are counted in `refusals`.
     pub fn new(limit: usize, in_use: Gauge, refusals: Counter) -> Self {
-        let large_limit = limit - limit / KEPT_FOR_SMALL;
-        Self {
-            all: Arc::new(Semaphore::new(limit.div_ceil(UNIT))),
-            large: Arc::new(Semaphore::new(large_limit.div_ceil(UNIT))),
+        Self(Arc::new(Handle(Arc::new(Shared {
             limit,
-            large_limit,
+            large_limit: limit - limit / KEPT_FOR_SMALL,
             in_use,
+            large: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            given_back: Notify::new(),
             refusals,
-        }
+        }))))
+    }
+
+    /// The same budget through a handle of its own (for one connection).
+    pub fn handle(&self) -> Self {
+        Self(Arc::new(Handle(self.0.0.clone())))
     }
 
     /// The budget, bytes.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.0.limit
     }
 
     /// Reserves `bytes`, waiting for them until `deadline`.
@@ -80,121 +104,128 @@ impl MemoryBudget {
         deadline: Instant,
     ) -> Result<Reservation, OverBudget> {
         let mut reservation = Reservation {
-            all: None,
-            large: None,
-            in_use: self.in_use.clone(),
+            budget: self.clone(),
+            all: 0,
+            large: 0,
         };
-        reservation.grow_to(self, bytes, deadline).await?;
+        reservation.grow_to(bytes, deadline).await?;
         Ok(reservation)
     }
+}
+
+impl Shared {
+    /// Takes `all` more bytes, `large` of them from the large bodies'
+    /// share, if both fit now; all or nothing.
+    fn try_take(&self, all: usize, large: usize) -> bool {
+        if large > 0 {
+            let before = self.large.fetch_add(large, Ordering::AcqRel);
+            if before + large > self.large_limit {
+                self.large.fetch_sub(large, Ordering::AcqRel);
+                return false;
+            }
+        }
+        let before = usize::try_from(self.in_use.inc_by(as_gauge(all))).unwrap_or(usize::MAX);
+        if before.saturating_add(all) > self.limit {
+            self.in_use.dec_by(as_gauge(all));
+            if large > 0 {
+                self.large.fetch_sub(large, Ordering::AcqRel);
+            }
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, all: usize, large: usize) {
+        if large > 0 {
+            self.large.fetch_sub(large, Ordering::AcqRel);
+        }
+        if all > 0 {
+            self.in_use.dec_by(as_gauge(all));
+        }
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.given_back.notify_waiters();
+        }
+    }
+}
+
+fn as_gauge(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// Bytes of the budget held by one request; given back when dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    all: Option<OwnedSemaphorePermit>,
-    large: Option<OwnedSemaphorePermit>,
-    in_use: Gauge,
-}
-
-/// Units held in `permit`.
-fn units(permit: &Option<OwnedSemaphorePermit>) -> usize {
-    permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
-}
-
-/// Takes `permit` into `held`.
-fn merge(held: &mut Option<OwnedSemaphorePermit>, permit: OwnedSemaphorePermit) {
-    match held {
-        Some(held) => held.merge(permit),
-        None => *held = Some(permit),
-    }
-}
-
-/// Waits until `deadline` for `wanted` more units of `semaphore`.
-async fn acquire(
-    semaphore: &Arc<Semaphore>,
-    wanted: usize,
-    deadline: Instant,
-) -> Option<OwnedSemaphorePermit> {
-    let wanted = u32::try_from(wanted).ok()?;
-    match tokio::time::timeout_at(deadline, semaphore.clone().acquire_many_owned(wanted)).await {
-        Ok(Ok(permit)) => Some(permit),
-        // Err(_) inside: the semaphores are never closed.
-        Ok(Err(_)) | Err(_) => None,
-    }
+    budget: MemoryBudget,
+    all: usize,
+    /// The part of `all` counted in the large bodies' share.
+    large: usize,
 }
 
 impl Reservation {
     /// The bytes held.
     pub fn bytes(&self) -> usize {
-        units(&self.all) * UNIT
+        self.all
     }
 
     /// Holds at least `bytes` in all, waiting for the difference until
     /// `deadline`.
-    pub async fn grow_to(
-        &mut self,
-        budget: &MemoryBudget,
-        bytes: usize,
-        deadline: Instant,
-    ) -> Result<(), OverBudget> {
-        let wanted = bytes.div_ceil(UNIT);
-        let held = units(&self.all);
-        if wanted <= held {
+    pub async fn grow_to(&mut self, bytes: usize, deadline: Instant) -> Result<(), OverBudget> {
+        if bytes <= self.all {
             return Ok(());
         }
-        let large = bytes > SMALL_BODY;
+        let shared = &self.budget.0;
+        // A large body counts whole in the large bodies' share.
+        let large = if bytes > SMALL_BODY { bytes } else { 0 };
+        let (more, more_large) = (bytes - self.all, large.saturating_sub(self.large));
         // More than the budget can never be had: no use waiting.
-        let possible = bytes
-            <= if large {
-                budget.large_limit
-            } else {
-                budget.limit
-            };
-        match possible.then_some(()) {
-            Some(()) => self.acquire(budget, wanted, large, deadline).await,
-            None => None,
+        let possible = if large > 0 {
+            bytes <= shared.large_limit
+        } else {
+            bytes <= shared.limit
+        };
+        if possible && self.take(more, more_large, deadline).await {
+            self.all += more;
+            self.large += more_large;
+            Ok(())
+        } else {
+            shared.refusals.inc();
+            Err(OverBudget {
+                limit: shared.limit,
+            })
         }
-        .ok_or_else(|| {
-            budget.refusals.inc();
-            OverBudget {
-                limit: budget.limit,
-            }
-        })
     }
 
-    /// Takes `wanted` units in all (and of the large bodies' share when
-    /// `large`), always in that order so that two growing reservations
-    /// never hold what the other waits for.
-    async fn acquire(
-        &mut self,
-        budget: &MemoryBudget,
-        wanted: usize,
-        large: bool,
-        deadline: Instant,
-    ) -> Option<()> {
-        if large {
-            let more = wanted.saturating_sub(units(&self.large));
-            if more > 0 {
-                let permit = acquire(&budget.large, more, deadline).await?;
-                merge(&mut self.large, permit);
-            }
+    /// Takes the bytes now if they fit, or waits for others to give theirs
+    /// back until `deadline`.
+    async fn take(&self, more: usize, more_large: usize, deadline: Instant) -> bool {
+        let shared = &self.budget.0;
+        if shared.try_take(more, more_large) {
+            return true;
         }
-        let more = wanted - units(&self.all);
-        let permit = acquire(&budget.all, more, deadline).await?;
-        merge(&mut self.all, permit);
-        self.in_use
-            .inc_by(i64::try_from(more * UNIT).unwrap_or(i64::MAX));
-        Some(())
+        shared.waiting.fetch_add(1, Ordering::AcqRel);
+        let taken = tokio::time::timeout_at(deadline, async {
+            loop {
+                // Registered before the second look, so that bytes given
+                // back in between wake it.
+                let given_back = shared.given_back.notified();
+                tokio::pin!(given_back);
+                given_back.as_mut().enable();
+                if shared.try_take(more, more_large) {
+                    return;
+                }
+                given_back.await;
+            }
+        })
+        .await
+        .is_ok();
+        shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        taken
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let bytes = self.bytes();
-        if bytes > 0 {
-            self.in_use.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
-        }
+        self.budget.0.give_back(self.all, self.large);
     }
 }
 
@@ -212,7 +243,7 @@ mod tests {
         let budget = budget(64 * 1024);
         let soon = Instant::now() + Duration::from_secs(8);
         let first = budget.reserve(40 * 1024, soon).await.unwrap();
-        assert_eq!(budget.in_use.get(), 40 * 1024);
+        assert_eq!(budget.0.in_use.get(), 40 * 1024);
 
         let waiting = tokio::spawn({
             let budget = budget.clone();
@@ -224,7 +255,7 @@ mod tests {
         let second = waiting.await.unwrap().unwrap();
         assert_eq!(second.bytes(), 40 * 1024);
         drop(second);
-        assert_eq!(budget.in_use.get(), 0);
+        assert_eq!(budget.0.in_use.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -239,7 +270,7 @@ mod tests {
             deadline,
             "refused at the deadline, not before"
         );
-        assert_eq!(budget.refusals.get(), 1);
+        assert_eq!(budget.0.refusals.get(), 1);
         assert!(refused.to_string().contains("--max-inflight-bytes"));
     }
 
@@ -269,9 +300,9 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap();
         assert_eq!(Instant::now(), deadline - Duration::from_secs(8), "at once");
-        assert_eq!(budget.in_use.get(), 1024 * 1024);
+        assert_eq!(budget.0.in_use.get(), 1024 * 1024);
         drop((large, small));
-        assert_eq!(budget.in_use.get(), 0);
+        assert_eq!(budget.0.in_use.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -280,16 +311,13 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(8);
         let mut reservation = budget.reserve(0, deadline).await.unwrap();
         assert_eq!(reservation.bytes(), 0);
-        reservation.grow_to(&budget, 1500, deadline).await.unwrap();
-        assert_eq!(reservation.bytes(), 2048);
-        reservation.grow_to(&budget, 2000, deadline).await.unwrap();
-        assert_eq!(reservation.bytes(), 2048);
-        reservation
-            .grow_to(&budget, 64 * 1024, deadline)
-            .await
-            .unwrap();
-        assert_eq!(budget.in_use.get(), 64 * 1024);
+        reservation.grow_to(1500, deadline).await.unwrap();
+        assert_eq!(reservation.bytes(), 1500);
+        reservation.grow_to(1000, deadline).await.unwrap();
+        assert_eq!(reservation.bytes(), 1500, "it never shrinks");
+        reservation.grow_to(64 * 1024, deadline).await.unwrap();
+        assert_eq!(budget.0.in_use.get(), 64 * 1024);
         drop(reservation);
-        assert_eq!(budget.in_use.get(), 0);
+        assert_eq!(budget.0.in_use.get(), 0);
     }
 }

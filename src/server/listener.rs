@@ -140,7 +140,7 @@ pub struct Listener<S> {
     pub tcp: TcpListener,
     /// TLS for the webhook port; `None` serves plain HTTP (the health port).
     pub tls: Option<Arc<ServerConfig>>,
-    /// The service every request goes to.
+    /// Makes the service of each connection.
     pub service: S,
     /// Caps and timeouts.
     pub limits: ListenerLimits,
@@ -148,6 +148,31 @@ pub struct Listener<S> {
     pub metrics: ConnectionMetrics,
     /// Counts failed TLS handshakes (the webhook port's alert watches it).
     pub handshake_failures: Counter,
+}
+
+/// Makes the service of each new connection.
+pub trait ConnectionService: Send + Sync + 'static {
+    /// The service of one connection; cloned for each of its requests.
+    type Service: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static;
+
+    /// The service for a connection just accepted.
+    fn for_connection(&self) -> Self::Service;
+}
+
+impl ConnectionService for axum::Router {
+    type Service = axum::Router;
+
+    /// The health listener's router, shared: its requests are few.
+    fn for_connection(&self) -> axum::Router {
+        self.clone()
+    }
 }
 
 /// The HTTP/1.1 and HTTP/2 settings of every connection.
@@ -168,17 +193,7 @@ fn http_builder(timeouts: ConnectionTimeouts) -> auto::Builder<TokioExecutor> {
     http
 }
 
-impl<S> Listener<S>
-where
-    S: tower::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: ConnectionService> Listener<S> {
     /// Accepts connections and serves them until `shutdown` is cancelled;
     /// then stops accepting and lets in-flight requests finish for up to
     /// `grace`. Returns whether every connection drained.
@@ -248,7 +263,7 @@ where
             }
             metrics.opened();
             let (context, handshake) = (context.clone(), handshake.clone());
-            let service = TowerToHyperService::new(service.clone());
+            let service = TowerToHyperService::new(service.for_connection());
             connections.spawn(async move {
                 serve_one(
                     tcp_stream, peer, accepted, slot, handshake, service, context,

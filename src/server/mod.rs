@@ -219,7 +219,7 @@ impl Server {
         let webhooks = listener::Listener {
             tcp: webhook,
             tls: Some(listener::tls_config(serving)?),
-            service: routes::webhook_service(args.webhook_settings(), &metrics, Some(injector)),
+            service: routes::Webhooks::new(args.webhook_settings(), &metrics, Some(injector)),
             limits: ListenerLimits {
                 max_connections,
                 timeouts: args.connections.timeouts(),

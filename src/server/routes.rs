@@ -19,6 +19,7 @@ use kube::core::{admission::AdmissionResponse, conversion::ConversionReview};
 use super::{
     budget::{MemoryBudget, OverBudget, Reservation},
     connection::Refused,
+    listener::ConnectionService,
     offload::{CpuPool, OFFLOAD_FROM_BYTES, Overrun},
     record::RecordRequests,
 };
@@ -27,7 +28,7 @@ use crate::{
     admission::{self, Deadline, ReviewError},
     apis::{self, Kind, validate},
     injection::PodInjector,
-    metrics::Metrics,
+    metrics::{HttpMetrics, Metrics},
 };
 
 /// The pod mutating webhook.
@@ -53,6 +54,7 @@ pub const ROUTES: &[&str] = &[
 #[derive(Clone)]
 struct WebhookState(Arc<SharedState>);
 
+#[derive(Clone)]
 struct SharedState {
     settings: WebhookSettings,
     budget: MemoryBudget,
@@ -64,43 +66,84 @@ struct SharedState {
 /// counted and timed.
 pub type WebhookService = RecordRequests<Router>;
 
-/// The webhooks, with `injector` behind `/mutate-pod` (without one, pods
-/// pass through unchanged).
+/// The webhooks, from which every connection gets a service of its own.
+///
+/// A service is cloned for each request it answers: were it shared by all
+/// connections, every request on every core would count references in the
+/// same few cache lines. Built per connection, those counts stay on the
+/// core that serves the connection.
+#[derive(Clone)]
+pub struct Webhooks {
+    state: SharedState,
+    metrics: HttpMetrics,
+}
+
+impl Webhooks {
+    /// The webhooks, with `injector` behind `/mutate-pod` (without one, pods
+    /// pass through unchanged).
+    pub fn new(
+        settings: WebhookSettings,
+        metrics: &Metrics,
+        injector: Option<PodInjector>,
+    ) -> Self {
+        let budget = MemoryBudget::new(
+            settings.max_inflight_bytes,
+            metrics.server.body_bytes.clone(),
+            metrics.server.body_refusals.clone(),
+        );
+        Self {
+            state: SharedState {
+                settings,
+                budget,
+                cpu: CpuPool::for_this_machine(),
+                injector,
+            },
+            metrics: metrics.http.clone(),
+        }
+    }
+
+    /// A service of its own for one connection.
+    pub fn service(&self) -> WebhookService {
+        let router = Router::new()
+            .route(MUTATE_POD, post(mutate_pod))
+            .route(CONVERT, post(convert))
+            .route(
+                VALIDATE_EXTERNAL_SECRET,
+                post(|state, body| validate_resource(state, body, Kind::ExternalSecret)),
+            )
+            .route(
+                VALIDATE_SECRET_STORE,
+                post(|state, body| validate_resource(state, body, Kind::SecretStore)),
+            )
+            .route(
+                VALIDATE_CLUSTER_SECRET_STORE,
+                post(|state, body| validate_resource(state, body, Kind::ClusterSecretStore)),
+            )
+            .fallback(unknown_path)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(WebhookState(Arc::new(SharedState {
+                budget: self.state.budget.handle(),
+                ..self.state.clone()
+            })));
+        RecordRequests::new(router, &self.metrics, ROUTES)
+    }
+}
+
+impl ConnectionService for Webhooks {
+    type Service = WebhookService;
+
+    fn for_connection(&self) -> WebhookService {
+        self.service()
+    }
+}
+
+/// The webhooks' service for one connection; see [`Webhooks`].
 pub fn webhook_service(
     settings: WebhookSettings,
     metrics: &Metrics,
     injector: Option<PodInjector>,
 ) -> WebhookService {
-    let budget = MemoryBudget::new(
-        settings.max_inflight_bytes,
-        metrics.server.body_bytes.clone(),
-        metrics.server.body_refusals.clone(),
-    );
-    let state = SharedState {
-        settings,
-        budget,
-        cpu: CpuPool::for_this_machine(),
-        injector,
-    };
-    let router = Router::new()
-        .route(MUTATE_POD, post(mutate_pod))
-        .route(CONVERT, post(convert))
-        .route(
-            VALIDATE_EXTERNAL_SECRET,
-            post(|state, body| validate_resource(state, body, Kind::ExternalSecret)),
-        )
-        .route(
-            VALIDATE_SECRET_STORE,
-            post(|state, body| validate_resource(state, body, Kind::SecretStore)),
-        )
-        .route(
-            VALIDATE_CLUSTER_SECRET_STORE,
-            post(|state, body| validate_resource(state, body, Kind::ClusterSecretStore)),
-        )
-        .fallback(unknown_path)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(WebhookState(Arc::new(state)));
-    RecordRequests::new(router, &metrics.http, ROUTES)
+    Webhooks::new(settings, metrics, injector).service()
 }
 
 /// `/mutate-pod`: the injector decides; without one, pods pass through
@@ -320,7 +363,7 @@ impl FromRequest<WebhookState> for ReviewBody {
                         .max(buffer.len() + RESERVE_STEP)
                         .min(settings.max_body);
                     reservation
-                        .grow_to(&shared.budget, want, deadline.at)
+                        .grow_to(want, deadline.at)
                         .await
                         .map_err(over_budget)?;
                 }

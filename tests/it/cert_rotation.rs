@@ -61,7 +61,7 @@ async fn start(dir: &std::path::Path) -> Stack {
     let listener = listener::Listener {
         tcp: listener_socket,
         tls: Some(listener::tls_config(serving).unwrap()),
-        service: routes::webhook_service(routes::WebhookSettings::default(), &metrics, None),
+        service: routes::Webhooks::new(routes::WebhookSettings::default(), &metrics, None),
         limits: listener::ListenerLimits {
             max_connections: 64,
             timeouts: Default::default(),
