@@ -2,7 +2,7 @@
 //! ALPN `h2` and `http/1.1` on the webhook port, one task per connection,
 //! and a graceful drain on shutdown.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
@@ -395,11 +395,19 @@ impl Handshake {
 }
 
 /// Backs off after failed accepts (out of file descriptors, say) instead of
-/// spinning, and logs them once per interval with a count.
-#[derive(Default)]
+/// spinning, and logs them at most once a second, with a count.
 struct AcceptErrors {
     consecutive: u32,
     log: Throttle,
+}
+
+impl Default for AcceptErrors {
+    fn default() -> Self {
+        Self {
+            consecutive: 0,
+            log: Throttle::per_second(NonZeroU32::MIN),
+        }
+    }
 }
 
 /// The first and the longest wait after a failed accept.

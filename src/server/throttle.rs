@@ -24,14 +24,19 @@ pub struct Throttle {
 
 impl Default for Throttle {
     fn default() -> Self {
-        Self {
-            limiter: Arc::new(RateLimiter::direct(Quota::per_second(LINES_PER_SECOND))),
-            suppressed: Arc::default(),
-        }
+        Self::per_second(LINES_PER_SECOND)
     }
 }
 
 impl Throttle {
+    /// At most `lines` a second, after a burst of as many.
+    pub fn per_second(lines: NonZeroU32) -> Self {
+        Self {
+            limiter: Arc::new(RateLimiter::direct(Quota::per_second(lines))),
+            suppressed: Arc::default(),
+        }
+    }
+
     /// Whether a line may be written now; when it may, how many were left
     /// out since the last one.
     pub fn admit(&self) -> Option<u64> {
