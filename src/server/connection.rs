@@ -35,7 +35,7 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::Notify,
+    sync::{oneshot, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -212,9 +212,9 @@ pub struct ConnectionContext {
     pub timeouts: ConnectionTimeouts,
     /// Cancelled when the server drains: every connection closes gracefully.
     pub shutdown: CancellationToken,
-    /// Notified when the listener is at its connection cap and a new
+    /// Called when the listener is at its connection cap and a new
     /// connection waits: idle connections close to make room.
-    pub shed: Arc<Notify>,
+    pub shed: ShedSignal,
     /// Counts of connections closed, by reason.
     pub metrics: ConnectionMetrics,
     /// Throttles the log lines of refused requests.
@@ -228,6 +228,7 @@ pub async fn serve<I, S, B>(
     peer: SocketAddr,
     service: S,
     accepted: Instant,
+    shed: ShedCalls,
     context: &ConnectionContext,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -247,6 +248,8 @@ pub async fn serve<I, S, B>(
     };
     let connection = context.http.serve_connection(TokioIo::new(io), tracked);
     tokio::pin!(connection);
+    let (close, mut closing) = oneshot::channel();
+    tokio::spawn(watch(activity, context.clone_for_watch(shed), close));
     let reason = tokio::select! {
         result = connection.as_mut() => {
             let reason = match result {
@@ -259,9 +262,7 @@ pub async fn serve<I, S, B>(
             context.metrics.closed(reason);
             return;
         }
-        reason = activity.unused(context.timeouts) => reason,
-        reason = shed_when_idle(&context.shed, &activity) => reason,
-        () = context.shutdown.cancelled() => CloseReason::Shutdown,
+        Ok(reason) = &mut closing => reason,
     };
     context.metrics.closed(reason);
     connection.as_mut().graceful_shutdown();
@@ -283,13 +284,90 @@ pub async fn serve<I, S, B>(
     }
 }
 
+/// What a connection's watchdog listens to besides the connection itself.
+struct WatchContext {
+    timeouts: ConnectionTimeouts,
+    shutdown: CancellationToken,
+    shed: ShedCalls,
+}
+
+impl ConnectionContext {
+    fn clone_for_watch(&self, shed: ShedCalls) -> WatchContext {
+        WatchContext {
+            timeouts: self.timeouts,
+            shutdown: self.shutdown.clone(),
+            shed,
+        }
+    }
+}
+
+/// A connection's watchdog, its own task: sends why the connection should
+/// close, or ends when the connection has closed by itself.
+///
+/// Kept out of the connection's task because that task wakes for every
+/// frame, and polling the shutdown token and the shed signal takes locks
+/// every connection shares: on several cores, those locks would be
+/// contended by every request.
+async fn watch(
+    activity: Arc<Activity>,
+    mut context: WatchContext,
+    mut close: oneshot::Sender<CloseReason>,
+) {
+    let reason = tokio::select! {
+        () = close.closed() => return,
+        reason = activity.unused(context.timeouts) => reason,
+        reason = shed_when_idle(&mut context.shed, &activity) => reason,
+        () = context.shutdown.cancelled() => CloseReason::Shutdown,
+    };
+    let _ = close.send(reason);
+}
+
 /// Resolves when the listener asks for room while this connection has
 /// nothing in flight.
-async fn shed_when_idle(shed: &Notify, activity: &Activity) -> CloseReason {
+async fn shed_when_idle(shed: &mut ShedCalls, activity: &Activity) -> CloseReason {
     loop {
-        shed.notified().await;
+        shed.next().await;
         if activity.is_idle() {
             return CloseReason::Shed;
+        }
+    }
+}
+
+/// The listener's calls for room, made when it is at its connection cap.
+#[derive(Debug, Clone)]
+pub struct ShedSignal(Arc<watch::Sender<u64>>);
+
+impl Default for ShedSignal {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl ShedSignal {
+    /// Asks every idle connection, and every one still in its handshake,
+    /// to close.
+    pub fn call(&self) {
+        self.0.send_modify(|calls| *calls += 1);
+    }
+
+    /// The calls one connection hears: those made from now on. Taken when
+    /// the connection is accepted, so that a call made before its task
+    /// first runs is heard too.
+    pub fn calls(&self) -> ShedCalls {
+        ShedCalls(self.0.subscribe())
+    }
+}
+
+/// The calls for room one connection hears; see [`ShedSignal`].
+#[derive(Debug)]
+pub struct ShedCalls(watch::Receiver<u64>);
+
+impl ShedCalls {
+    /// Resolves at the next call.
+    pub async fn next(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The listener is gone: no call will come.
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -15,14 +15,14 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
-    sync::{Notify, OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    connection::{self, ConnectionContext, ConnectionTimeouts},
+    connection::{self, ConnectionContext, ConnectionTimeouts, ShedCalls, ShedSignal},
     throttle::Throttle,
 };
 use crate::metrics::{CloseReason, ConnectionMetrics};
@@ -127,8 +127,9 @@ pub fn webhook_max_connections(configured: Option<u32>) -> usize {
 /// How one listener treats its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerLimits {
-    /// Connections open at once; past it, idle ones are closed to make room
-    /// and new ones wait in the kernel's accept queue.
+    /// Connections open at once. A connection accepted past it waits for
+    /// room, and idle ones (and ones still in their handshake) are closed
+    /// to make it; later ones wait in the kernel's accept queue.
     pub max_connections: usize,
     /// The timeouts of each connection's phases.
     pub timeouts: ConnectionTimeouts,
@@ -210,7 +211,7 @@ impl<S: ConnectionService> Listener<S> {
             http: http_builder(limits.timeouts),
             timeouts: limits.timeouts,
             shutdown: shutdown.clone(),
-            shed: Arc::new(Notify::new()),
+            shed: ShedSignal::default(),
             metrics: metrics.clone(),
             refusals: Throttle::default(),
         };
@@ -226,25 +227,6 @@ impl<S: ConnectionService> Listener<S> {
         let at_limit_log = Throttle::default();
 
         loop {
-            let slot = match slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => {
-                    metrics.at_limit();
-                    if let Some(suppressed) = at_limit_log.admit() {
-                        tracing::warn!(
-                            max = limits.max_connections,
-                            suppressed,
-                            "at --max-connections: closing idle connections; new ones wait"
-                        );
-                    }
-                    context.shed.notify_waiters();
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        // The semaphore is never closed.
-                        Ok(slot) = slots.clone().acquire_owned() => slot,
-                    }
-                }
-            };
             let (tcp_stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = tcp.accept() => match accepted {
@@ -257,16 +239,39 @@ impl<S: ConnectionService> Listener<S> {
                 },
             };
             accept_errors.reset();
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics.at_limit();
+                    if let Some(suppressed) = at_limit_log.admit() {
+                        tracing::warn!(
+                            max = limits.max_connections,
+                            suppressed,
+                            "at --max-connections: closing idle connections; new ones wait"
+                        );
+                    }
+                    context.shed.call();
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        // The semaphore is never closed.
+                        Ok(slot) = slots.clone().acquire_owned() => slot,
+                    }
+                }
+            };
             let accepted = Instant::now();
             if let Err(e) = tune_accepted(&tcp_stream) {
                 tracing::debug!(%peer, error = %e, "could not set the connection's socket options");
             }
             metrics.opened();
             let (context, handshake) = (context.clone(), handshake.clone());
+            let place = Place {
+                _slot: slot,
+                shed: context.shed.calls(),
+            };
             let service = TowerToHyperService::new(service.for_connection());
             connections.spawn(async move {
                 serve_one(
-                    tcp_stream, peer, accepted, slot, handshake, service, context,
+                    tcp_stream, peer, accepted, place, handshake, service, context,
                 )
                 .await;
             });
@@ -290,13 +295,20 @@ impl<S: ConnectionService> Listener<S> {
     }
 }
 
+/// A connection's place under the connection cap: held while the
+/// connection is open, and given up when the listener calls for room.
+struct Place {
+    _slot: OwnedSemaphorePermit,
+    shed: ShedCalls,
+}
+
 /// One connection: its handshake, then HTTP until it closes. Holds its
-/// `slot` of the connection cap throughout.
+/// `place` throughout.
 async fn serve_one<S>(
     tcp: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
-    slot: OwnedSemaphorePermit,
+    mut place: Place,
     handshake: Handshake,
     service: S,
     context: ConnectionContext,
@@ -309,9 +321,8 @@ async fn serve_one<S>(
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let _slot = slot;
     let Some(tls) = &handshake.tls else {
-        connection::serve(tcp, peer, service, accepted, &context).await;
+        connection::serve(tcp, peer, service, accepted, place.shed, &context).await;
         return;
     };
     let handshake = tokio::select! {
@@ -319,10 +330,12 @@ async fn serve_one<S>(
         // Shed too when the listener needs room: a client that means to talk
         // finishes its handshake in milliseconds, so one still in it most
         // likely stalls, and one cut off by mistake simply reconnects.
-        () = context.shed.notified() => Err(CloseReason::Shed),
+        () = place.shed.next() => Err(CloseReason::Shed),
     };
     match handshake {
-        Ok(stream) => connection::serve(stream, peer, service, accepted, &context).await,
+        Ok(stream) => {
+            connection::serve(stream, peer, service, accepted, place.shed, &context).await
+        }
         Err(reason) => context.metrics.closed(reason),
     }
 }
