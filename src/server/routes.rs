@@ -102,6 +102,14 @@ impl Webhooks {
         }
     }
 
+    /// The same webhooks, sharing their memory budget, CPU pool and
+    /// metrics, with another `--request-timeout`.
+    pub fn with_request_timeout(&self, timeout: std::time::Duration) -> Self {
+        let mut webhooks = self.clone();
+        webhooks.state.settings.request_timeout = timeout;
+        webhooks
+    }
+
     /// A service of its own for one connection.
     pub fn service(&self) -> WebhookService {
         let router = Router::new()
@@ -371,9 +379,10 @@ impl FromRequest<WebhookState> for ReviewBody {
             }
             Ok(())
         };
-        let outcome = tokio::time::timeout_at(deadline.at, read)
+        let outcome = deadline
+            .bound(read)
             .await
-            .map_err(|_| ReviewError::BodyTimeout(settings.request_timeout))?;
+            .ok_or(ReviewError::BodyTimeout(settings.request_timeout))?;
         if let Err(refusal) = outcome {
             if matches!(refusal, ReviewError::TooLarge { .. }) {
                 discard_body(body, DISCARD_FACTOR * settings.max_body, deadline).await;

@@ -17,7 +17,7 @@ use keyhook::{
     readiness::{Readiness, ReadinessCheck},
     server::{
         Mode,
-        routes::{WebhookSettings, webhook_service},
+        routes::{WebhookSettings, Webhooks, webhook_service},
     },
 };
 use serde_json::Value;
@@ -214,15 +214,18 @@ async fn past_the_memory_budget_a_request_waits_then_gets_503() {
         request_timeout: Duration::from_millis(300),
     };
     let metrics = Metrics::new();
-    let service = webhook_service(settings, &metrics, None);
+    let webhooks = Webhooks::new(settings, &metrics, None);
+    let service = webhooks.service();
 
-    // One request declares most of the budget and stalls mid-body.
+    // One request declares most of the budget and stalls mid-body. Its
+    // deadline is later than the next request's, so that the budget is
+    // still spent when that one's deadline comes.
     let (body, _keep_open) = stalled_body();
-    let holder = tokio::spawn(service.clone().oneshot(review_request(
-        "/mutate-pod",
-        body,
-        Some(60 * 1024),
-    )));
+    let holder_service = webhooks
+        .with_request_timeout(Duration::from_secs(1))
+        .service();
+    let holder =
+        tokio::spawn(holder_service.oneshot(review_request("/mutate-pod", body, Some(60 * 1024))));
     while metrics.server.body_bytes.get() == 0 {
         tokio::task::yield_now().await;
     }
