@@ -6,7 +6,7 @@
 //! deadline, and a handler that overruns gets a denial that says so instead
 //! of a connection the apiserver has to time out.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, task::Poll, time::Duration};
 
 use tokio::time::Instant;
 
@@ -363,6 +363,21 @@ impl Deadline {
             timeout,
         }
     }
+
+    /// Runs `future` until the deadline: `None` when the deadline came
+    /// first.
+    ///
+    /// A future that is ready at once (a body that arrived whole, an answer
+    /// that fetches nothing) never sets a timer: setting one clones the
+    /// runtime's handle, whose reference count requests on every core
+    /// would otherwise contend for.
+    pub async fn bound<F: Future>(self, future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        if let Poll::Ready(output) = futures::poll!(future.as_mut()) {
+            return Some(output);
+        }
+        tokio::time::timeout_at(self.at, future).await.ok()
+    }
 }
 
 /// Runs `handler` for `request`, denying the request if it does not finish
@@ -375,9 +390,9 @@ pub async fn admit_within<T: Resource, F>(
 where
     F: Future<Output = AdmissionResponse>,
 {
-    match tokio::time::timeout_at(deadline.at, handler).await {
-        Ok(response) => response,
-        Err(_) => timeout_denial(request.uid.clone(), deadline),
+    match deadline.bound(handler).await {
+        Some(response) => response,
+        None => timeout_denial(request.uid.clone(), deadline),
     }
 }
 
@@ -401,9 +416,9 @@ pub async fn convert_within<F>(deadline: Deadline, uid: &str, handler: F) -> Con
 where
     F: Future<Output = ConversionResponse>,
 {
-    match tokio::time::timeout_at(deadline.at, handler).await {
-        Ok(response) => response,
-        Err(_) => conversion_timeout(uid.to_string(), deadline),
+    match deadline.bound(handler).await {
+        Some(response) => response,
+        None => conversion_timeout(uid.to_string(), deadline),
     }
 }
 

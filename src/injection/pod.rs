@@ -19,12 +19,12 @@ use kube::core::GroupVersionKind;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use serde::Deserialize;
 
-/// An admitted pod: its metadata (without `managedFields`) and the parts of
-/// its spec that injection reads or patches.
+/// An admitted pod: the parts of its metadata and of its spec that
+/// injection reads or patches.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AdmittedPod {
-    /// Standard object metadata, `managedFields` left out.
-    #[serde(default, with = "ObjectMetaWithoutManagedFields")]
+    /// Name, namespace and annotations; the other fields are left empty.
+    #[serde(default, with = "ReadMetadata")]
     pub metadata: ObjectMeta,
     /// The spec, when the object has one.
     #[serde(default)]
@@ -93,26 +93,37 @@ pub fn misrouted<T: kube::core::Resource>(
     Some(response)
 }
 
-/// Decodes an `ObjectMeta` skipping `managedFields`, the largest and least
-/// useful part of an admitted object.
+/// Decodes the parts of an `ObjectMeta` keyhook reads: its name, namespace
+/// and annotations. The rest (`managedFields` above all, the owner
+/// references, labels and timestamps) is skipped, never allocated.
 #[derive(Deserialize)]
 #[serde(remote = "ObjectMeta", rename_all = "camelCase")]
-struct ObjectMetaWithoutManagedFields {
+struct ReadMetadata {
     annotations: Option<std::collections::BTreeMap<String, String>>,
-    creation_timestamp: Option<Time>,
-    deletion_grace_period_seconds: Option<i64>,
-    deletion_timestamp: Option<Time>,
-    finalizers: Option<Vec<String>>,
     generate_name: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+    #[serde(skip_deserializing)]
+    creation_timestamp: Option<Time>,
+    #[serde(skip_deserializing)]
+    deletion_grace_period_seconds: Option<i64>,
+    #[serde(skip_deserializing)]
+    deletion_timestamp: Option<Time>,
+    #[serde(skip_deserializing)]
+    finalizers: Option<Vec<String>>,
+    #[serde(skip_deserializing)]
     generation: Option<i64>,
+    #[serde(skip_deserializing)]
     labels: Option<std::collections::BTreeMap<String, String>>,
     #[serde(skip_deserializing)]
     managed_fields: Option<Vec<ManagedFieldsEntry>>,
-    name: Option<String>,
-    namespace: Option<String>,
+    #[serde(skip_deserializing)]
     owner_references: Option<Vec<OwnerReference>>,
+    #[serde(skip_deserializing)]
     resource_version: Option<String>,
+    #[serde(skip_deserializing)]
     self_link: Option<String>,
+    #[serde(skip_deserializing)]
     uid: Option<String>,
 }
 
@@ -163,11 +174,21 @@ mod tests {
         let full: Pod = serde_json::from_value(object(REVIEW)).unwrap();
         let admitted: AdmittedPod = serde_json::from_value(object(REVIEW)).unwrap();
 
-        let mut expected_meta = full.metadata.clone();
         assert!(
-            expected_meta.managed_fields.take().is_some(),
+            full.metadata.managed_fields.is_some(),
             "fixture has managedFields"
         );
+        assert!(
+            full.metadata.owner_references.is_some(),
+            "fixture has owners"
+        );
+        let expected_meta = ObjectMeta {
+            annotations: full.metadata.annotations.clone(),
+            generate_name: full.metadata.generate_name.clone(),
+            name: full.metadata.name.clone(),
+            namespace: full.metadata.namespace.clone(),
+            ..ObjectMeta::default()
+        };
         assert_eq!(admitted.metadata, expected_meta);
 
         let (full_spec, spec) = (full.spec.unwrap(), admitted.spec.unwrap());
