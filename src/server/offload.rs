@@ -4,9 +4,10 @@
 //!
 //! The async workers serve every connection and `/readyz`: a review that
 //! takes a worker for a second stalls every request queued behind it.
-//! Offloaded jobs run on tokio's blocking threads instead, at most
-//! half the cores at once ([`CpuPool::for_this_machine`]) so that they cannot take every core, and a
-//! request whose deadline passes while its job waits or runs is answered at
+//! Offloaded jobs run on tokio's blocking threads instead, on at most half
+//! the cores at once ([`CpuPool::for_this_machine`]) so that they cannot
+//! take every core, and a request whose deadline passes while its job waits
+//! or runs is answered at
 //! the deadline (the job finishes in the background and is discarded).
 
 use std::sync::Arc;
