@@ -7,8 +7,8 @@
 //! Offloaded jobs run on tokio's blocking threads instead, on at most half
 //! the cores at once ([`CpuPool::for_this_machine`]) so that they cannot
 //! take every core, and a request whose deadline passes while its job waits
-//! or runs is answered at
-//! the deadline (the job finishes in the background and is discarded).
+//! or runs is answered at the deadline (the job finishes in the background
+//! and is discarded).
 
 use std::sync::Arc;
 
