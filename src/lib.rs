@@ -17,7 +17,8 @@
 //! - cluster plumbing: [`leader`] elects the replica that runs controllers,
 //!   [`reflectors`] are the watches keyhook keeps;
 //! - shared ground: [`config`] holds every setting, [`metrics`] every metric,
-//!   [`clock`] wall-clock time, [`duration`] the one duration grammar, and
+//!   [`clock`] wall-clock time, [`duration`] the one duration grammar,
+//!   [`file_events`] which watched-file events are changes, and
 //!   [`single_flight`] the coalescing of identical concurrent work.
 
 pub mod admission;
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod doctor;
 pub mod duration;
+pub mod file_events;
 pub mod health;
 pub mod injection;
 pub mod leader;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PemBundle, Refusal, ServingCert, read_bundle};
 use crate::clock::Clock;
+use crate::file_events;
 use crate::readiness::Check;
 
 /// The `/readyz` check of the cert directory: advisory, since the
@@ -48,7 +49,7 @@ pub fn spawn_dir_watcher(
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let watched_dir = dir.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| is_change(&event, &watched_dir)) {
+        if event.is_ok_and(|event| file_events::is_change(&event, &watched_dir)) {
             // A full channel already holds a wake-up: dropping this one is fine.
             let _ = events_tx.try_send(());
         }
@@ -77,37 +78,6 @@ pub fn spawn_dir_watcher(
             reload_once(&dir, &serving, clock.unix_now(), &mut last_refused);
         }
     })
-}
-
-/// Whether `event` may have changed what is in `dir`.
-///
-/// Reading the files raises events too (opened, closed without writing):
-/// waking on those, each reload would wake the next, for as long as the
-/// process runs. Events of the parent's other entries do not concern `dir`.
-fn is_change(event: &notify::Event, dir: &Path) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
-        EventKind::Access(_) => return false,
-        _ => {}
-    }
-    // Events without paths (a queue overflow, say) may hide anything.
-    if event.paths.is_empty() {
-        return true;
-    }
-    let dir = without_dot_components(dir);
-    event
-        .paths
-        .iter()
-        .any(|path| without_dot_components(path).starts_with(&dir))
-}
-
-/// `path` without `.` components: the watcher names entries of `./certs` as
-/// `./certs/…` or `certs/…` depending on how the directory was watched.
-fn without_dot_components(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect()
 }
 
 /// File events for the cert directory that survive its deletion: the
@@ -220,73 +190,5 @@ fn reload_once(
             tracing::error!(error = %refusal, "refused a new certificate; still serving the previous one");
             *last_refused = Some(RefusedCandidate::Bundle(bundle));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use notify::event::{
-        AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode,
-    };
-
-    use super::*;
-
-    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
-        notify::Event {
-            kind,
-            paths: paths.iter().map(PathBuf::from).collect(),
-            attrs: Default::default(),
-        }
-    }
-
-    #[test]
-    fn reading_the_files_is_not_a_change() {
-        let dir = Path::new("./certs");
-        for kind in [
-            AccessKind::Open(AccessMode::Any),
-            AccessKind::Read,
-            AccessKind::Close(AccessMode::Read),
-        ] {
-            let read = event(EventKind::Access(kind), &["./certs/tls.crt"]);
-            assert!(!is_change(&read, dir), "{kind:?}");
-        }
-    }
-
-    #[test]
-    fn writes_renames_and_removals_in_the_directory_are() {
-        let dir = Path::new("./certs");
-        for kind in [
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            EventKind::Create(CreateKind::File),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            EventKind::Remove(RemoveKind::File),
-        ] {
-            assert!(
-                is_change(&event(kind, &["./certs/..data"]), dir),
-                "{kind:?}"
-            );
-            // The watcher may name it without the leading `./`.
-            assert!(is_change(&event(kind, &["certs/tls.key"]), dir), "{kind:?}");
-        }
-        // The directory itself, seen from its parent: deleted or created anew.
-        let created = event(EventKind::Create(CreateKind::Folder), &["./certs"]);
-        assert!(is_change(&created, Path::new("certs")));
-    }
-
-    #[test]
-    fn other_entries_of_the_parent_are_not() {
-        let sibling = event(EventKind::Create(CreateKind::File), &["./notes.txt"]);
-        assert!(!is_change(&sibling, Path::new("./certs")));
-        let prefix = event(
-            EventKind::Create(CreateKind::File),
-            &["./certs-old/tls.crt"],
-        );
-        assert!(!is_change(&prefix, Path::new("./certs")));
-    }
-
-    #[test]
-    fn an_event_without_paths_may_hide_anything() {
-        let overflow = event(EventKind::Other, &[]);
-        assert!(is_change(&overflow, Path::new("/etc/keyhook/certs")));
     }
 }

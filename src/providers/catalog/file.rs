@@ -339,9 +339,10 @@ impl FileCatalog {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let watched = directory.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|event| crate::file_events::is_change(&event, &watched)) {
                     // A full channel already holds a pending reload.
                     let _ = tx.try_send(());
                 }
