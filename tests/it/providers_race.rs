@@ -72,36 +72,42 @@ async fn interleaved_fetches_never_read_the_other_stores_vault() {
             }
         })
     };
-    let tasks: Vec<_> = (0..1000)
-        .map(|i| {
-            let providers = providers.clone();
-            tokio::spawn(async move {
-                let (store, tag) = if i % 2 == 0 {
-                    ("store-a", "a")
-                } else {
-                    ("store-b", "b")
-                };
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let value = providers
-                    .get_secret(
-                        &StoreRef::secret_store(store),
-                        "shop",
-                        &RemoteRef::key(format!("title-{}", i % 10)),
-                        deadline,
-                    )
-                    .await
-                    .unwrap();
-                (
-                    format!("{tag}-value-{}", i % 10),
-                    String::from_utf8(value.expose().to_vec()).unwrap(),
-                )
-            })
-        })
-        .collect();
+    // Fetch in waves until the stores have been re-created thirty times, so
+    // that fetches overlap the reloads however fast either runs.
     let mut cross_reads = 0;
-    for task in tasks {
-        let (expected, got) = task.await.unwrap();
-        cross_reads += usize::from(expected != got);
+    let mut fetched = 0;
+    while fetched < 1000 || !recreate.is_finished() {
+        let wave: Vec<_> = (fetched..fetched + 100)
+            .map(|i| {
+                let providers = providers.clone();
+                tokio::spawn(async move {
+                    let (store, tag) = if i % 2 == 0 {
+                        ("store-a", "a")
+                    } else {
+                        ("store-b", "b")
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let value = providers
+                        .get_secret(
+                            &StoreRef::secret_store(store),
+                            "shop",
+                            &RemoteRef::key(format!("title-{}", i % 10)),
+                            deadline,
+                        )
+                        .await
+                        .unwrap();
+                    (
+                        format!("{tag}-value-{}", i % 10),
+                        String::from_utf8(value.expose().to_vec()).unwrap(),
+                    )
+                })
+            })
+            .collect();
+        for task in wave {
+            let (expected, got) = task.await.unwrap();
+            cross_reads += usize::from(expected != got);
+        }
+        fetched += 100;
     }
     recreate.await.unwrap();
     assert_eq!(cross_reads, 0);
