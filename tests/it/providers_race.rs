@@ -74,41 +74,31 @@ async fn interleaved_fetches_never_read_the_other_stores_vault() {
     };
     // Fetch in waves until the stores have been re-created thirty times, so
     // that fetches overlap the reloads however fast either runs.
-    let mut cross_reads = 0;
-    let mut fetched = 0;
-    while fetched < 1000 || !recreate.is_finished() {
-        let wave: Vec<_> = (fetched..fetched + 100)
-            .map(|i| {
-                let providers = providers.clone();
-                tokio::spawn(async move {
-                    let (store, tag) = if i % 2 == 0 {
-                        ("store-a", "a")
-                    } else {
-                        ("store-b", "b")
-                    };
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    let value = providers
-                        .get_secret(
-                            &StoreRef::secret_store(store),
-                            "shop",
-                            &RemoteRef::key(format!("title-{}", i % 10)),
-                            deadline,
-                        )
-                        .await
-                        .unwrap();
-                    (
-                        format!("{tag}-value-{}", i % 10),
-                        String::from_utf8(value.expose().to_vec()).unwrap(),
-                    )
-                })
-            })
-            .collect();
-        for task in wave {
-            let (expected, got) = task.await.unwrap();
-            cross_reads += usize::from(expected != got);
+    let cross_reads = support::providers::mismatches_in_waves(&recreate, 1000, |i| {
+        let providers = providers.clone();
+        async move {
+            let (store, tag) = if i % 2 == 0 {
+                ("store-a", "a")
+            } else {
+                ("store-b", "b")
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let value = providers
+                .get_secret(
+                    &StoreRef::secret_store(store),
+                    "shop",
+                    &RemoteRef::key(format!("title-{}", i % 10)),
+                    deadline,
+                )
+                .await
+                .unwrap();
+            (
+                format!("{tag}-value-{}", i % 10),
+                String::from_utf8(value.expose().to_vec()).unwrap(),
+            )
         }
-        fetched += 100;
-    }
+    })
+    .await;
     recreate.await.unwrap();
     assert_eq!(cross_reads, 0);
     assert!(

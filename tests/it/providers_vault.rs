@@ -684,43 +684,31 @@ async fn no_cross_reads_between_two_namespaces_while_stores_are_recreated() {
     };
     // Fetch in waves until the stores have been re-created twenty times, so
     // that fetches overlap the reloads however fast either runs.
-    let mut cross_reads = 0;
-    let mut fetched = 0;
-    while fetched < 1000 || !recreate.is_finished() {
-        let wave: Vec<_> = (fetched..fetched + 100)
-            .map(|i| {
-                let providers = providers.clone();
-                tokio::spawn(async move {
-                    let (store, ns) = if i % 2 == 0 {
-                        ("store-a", "team-a")
-                    } else {
-                        ("store-b", "team-b")
-                    };
-                    let key = format!("app/k{}", i % 10);
-                    let value = providers
-                        .get_secret(
-                            &StoreRef::secret_store(store),
-                            "shop",
-                            &RemoteRef::key(&key).with_property("value"),
-                            soon(),
-                        )
-                        .await
-                        .unwrap();
-                    (
-                        format!("{ns}-k{}", i % 10),
-                        String::from_utf8(value.expose().to_vec()).unwrap(),
-                    )
-                })
-            })
-            .collect();
-        for task in wave {
-            let (expected, got) = task.await.unwrap();
-            if expected != got {
-                cross_reads += 1;
-            }
+    let cross_reads = support::providers::mismatches_in_waves(&recreate, 1000, |i| {
+        let providers = providers.clone();
+        async move {
+            let (store, ns) = if i % 2 == 0 {
+                ("store-a", "team-a")
+            } else {
+                ("store-b", "team-b")
+            };
+            let key = format!("app/k{}", i % 10);
+            let value = providers
+                .get_secret(
+                    &StoreRef::secret_store(store),
+                    "shop",
+                    &RemoteRef::key(&key).with_property("value"),
+                    soon(),
+                )
+                .await
+                .unwrap();
+            (
+                format!("{ns}-k{}", i % 10),
+                String::from_utf8(value.expose().to_vec()).unwrap(),
+            )
         }
-        fetched += 100;
-    }
+    })
+    .await;
     recreate.await.unwrap();
     assert_eq!(cross_reads, 0);
     assert!(

@@ -19,3 +19,33 @@ pub fn layer(
         metrics,
     )
 }
+
+/// Runs `fetch(0)`, `fetch(1)`, … in waves of a hundred at once, at least
+/// `at_least` of them and until `meanwhile` has finished, so that the
+/// fetches overlap whatever `meanwhile` does however fast either runs. Each
+/// fetch returns the value it expected and the one it got; returns how many
+/// got another.
+pub async fn mismatches_in_waves<F, Fut>(
+    meanwhile: &tokio::task::JoinHandle<()>,
+    at_least: usize,
+    fetch: F,
+) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = (String, String)> + Send + 'static,
+{
+    const WAVE: usize = 100;
+    let mut mismatches = 0;
+    let mut started = 0;
+    while started < at_least || !meanwhile.is_finished() {
+        let wave: Vec<_> = (started..started + WAVE)
+            .map(|i| tokio::spawn(fetch(i)))
+            .collect();
+        for task in wave {
+            let (expected, got) = task.await.expect("a fetch panicked");
+            mismatches += usize::from(expected != got);
+        }
+        started += WAVE;
+    }
+    mismatches
+}
