@@ -161,7 +161,7 @@ fn bad_values_fail_rendering_with_a_clear_message() {
         return;
     }
     // Checked by values.schema.json: `helm lint` refuses them too.
-    let schema_cases: [(&[&str], &[&str]); 7] = [
+    let schema_cases: [(&[&str], &[&str]); 8] = [
         (
             &["certs.mode=bogus"],
             &[
@@ -184,6 +184,8 @@ fn bad_values_fail_rendering_with_a_clear_message() {
             &["injection.refreshCatchup=0s"],
             &["/injection/refreshCatchup"],
         ),
+        // keyhook refuses a smaller --max-body at start.
+        (&["maxBody=32KiB"], &["/maxBody"]),
     ];
     // Checked by the templates, whose `fail` says what to set; `helm lint`
     // only logs those by design, so they are checked on render alone.

@@ -207,6 +207,14 @@ fn the_deployment_passes_only_flags_keyhook_serve_accepts() {
     assert_eq!(r.args_of("--refresh-catchup"), ["5m"]);
     assert_eq!(r.args_of("--gc-grace"), ["1h"]);
     cases.push(tuned);
+    // The smallest body limit the chart's schema admits, in each unit, is
+    // one keyhook takes (the schema refuses what keyhook would).
+    for smallest in ["65536B", "64KiB", "66KB", "66K", "1M"] {
+        cases.push(
+            Scenario::new("self-managed", Platform::Kubernetes)
+                .with(&format!("maxBody={smallest}")),
+        );
+    }
     for scenario in cases {
         let r = scenario.render();
         let args = r.args();
