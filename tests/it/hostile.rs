@@ -198,6 +198,15 @@ fn stalled_body() -> (
     (Body::from_stream(stream), tx)
 }
 
+/// An ordinary pod review, whole, with its length declared.
+fn pod_review() -> Request<Body> {
+    review_request(
+        "/mutate-pod",
+        Body::from(POD_REVIEW),
+        Some(POD_REVIEW.len()),
+    )
+}
+
 fn review_request(path: &str, body: Body, length: Option<usize>) -> Request<Body> {
     let mut request = Request::post(path).header("content-type", "application/json");
     if let Some(length) = length {
@@ -230,15 +239,7 @@ async fn past_the_memory_budget_a_request_waits_then_gets_503() {
         tokio::task::yield_now().await;
     }
 
-    let response = service
-        .clone()
-        .oneshot(review_request(
-            "/mutate-pod",
-            Body::from(POD_REVIEW),
-            Some(POD_REVIEW.len()),
-        ))
-        .await
-        .unwrap();
+    let response = service.clone().oneshot(pod_review()).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "1");
     let text = response.into_body().collect().await.unwrap().to_bytes();
@@ -255,14 +256,7 @@ async fn past_the_memory_budget_a_request_waits_then_gets_503() {
     let held = holder.await.unwrap().unwrap();
     assert_eq!(held.status(), StatusCode::REQUEST_TIMEOUT);
     assert_eq!(metrics.server.body_bytes.get(), 0);
-    let response = service
-        .oneshot(review_request(
-            "/mutate-pod",
-            Body::from(POD_REVIEW),
-            Some(POD_REVIEW.len()),
-        ))
-        .await
-        .unwrap();
+    let response = service.oneshot(pod_review()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -287,14 +281,7 @@ async fn stalled_large_bodies_leave_room_for_ordinary_reviews() {
     while metrics.server.body_bytes.get() < 170 * 1024 {
         tokio::task::yield_now().await;
     }
-    let response = service
-        .oneshot(review_request(
-            "/mutate-pod",
-            Body::from(POD_REVIEW),
-            Some(POD_REVIEW.len()),
-        ))
-        .await
-        .unwrap();
+    let response = service.oneshot(pod_review()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         stalled.iter().all(|(task, _)| !task.is_finished()),
