@@ -2,7 +2,7 @@
 //! that it changes no more text than the conversion does, and what it warns
 //! about.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use keyhook::apis::{
     CONVERSION_ANNOTATION, Converted, OfflineError, Version, convert_documents, convert_object,
@@ -139,7 +139,7 @@ fn converted_documents_keep_comments_order_and_quoting() {
 
 #[test]
 fn converting_back_restores_every_fixture() {
-    for path in fixtures() {
+    for path in crate::apis_schemas::fixture_paths() {
         let input = std::fs::read_to_string(&path).unwrap();
         let original = yaml(&input);
         let from = Version::from_api_version(original[0]["apiVersion"].as_str().unwrap()).unwrap();
@@ -155,19 +155,6 @@ fn converting_back_restores_every_fixture() {
             assert_eq!(yaml(&back.output), original, "{} via {to}", path.display());
         }
     }
-}
-
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apis");
-    let mut paths: Vec<PathBuf> = ["v1alpha1", "v1beta1", "v1"]
-        .iter()
-        .flat_map(|v| std::fs::read_dir(root.join(v)).unwrap())
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    paths.sort();
-    assert!(paths.len() > 10);
-    paths
 }
 
 #[test]

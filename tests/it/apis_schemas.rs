@@ -35,8 +35,8 @@ pub fn keyhook_schema(kind: &str, version: Version) -> Value {
     .unwrap()
 }
 
-/// Every fixture under `tests/fixtures/apis`, parsed, with its path.
-pub fn fixtures() -> Vec<(PathBuf, Value)> {
+/// The path of every fixture under `tests/fixtures/apis`, in order.
+pub fn fixture_paths() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apis");
     let mut paths: Vec<PathBuf> = ["v1alpha1", "v1beta1", "v1"]
         .iter()
@@ -45,7 +45,13 @@ pub fn fixtures() -> Vec<(PathBuf, Value)> {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     paths.sort();
+    assert!(paths.len() > 10, "fixtures missing: {}", root.display());
     paths
+}
+
+/// Every fixture under `tests/fixtures/apis`, parsed, with its path.
+pub fn fixtures() -> Vec<(PathBuf, Value)> {
+    fixture_paths()
         .into_iter()
         .map(|path| {
             let text = std::fs::read_to_string(&path).unwrap();
