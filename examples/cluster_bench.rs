@@ -75,23 +75,6 @@ fn rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-/// A keyhook fixture as a client creates it: without what the apiserver sets.
-fn created(fixture: &str) -> Value {
-    let mut object = fake_apiserver::fixture(fixture);
-    let metadata = object["metadata"].as_object_mut().unwrap();
-    for server_set in [
-        "resourceVersion",
-        "uid",
-        "creationTimestamp",
-        "managedFields",
-        "generation",
-    ] {
-        metadata.remove(server_set);
-    }
-    object.as_object_mut().unwrap().remove("status");
-    object
-}
-
 /// The cluster; `unrelated` adds the Secrets and pods keyhook has no
 /// business with.
 fn cluster(url: &str, unrelated: bool) -> Vec<Value> {
@@ -120,7 +103,7 @@ fn cluster(url: &str, unrelated: bool) -> Vec<Value> {
         "validatingwebhookconfiguration-keyhook.json",
         "crd-externalsecrets.json",
     ] {
-        objects.push(created(fixture));
+        objects.push(fake_apiserver::fixture_as_created(fixture));
     }
     let mut pods = 0;
     for w in 0..WORKLOADS {

@@ -299,6 +299,23 @@ pub fn fixture(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
+/// A fixture as a client creates it: without what the apiserver sets.
+pub fn fixture_as_created(name: &str) -> Value {
+    let mut object = fixture(name);
+    let metadata = object["metadata"].as_object_mut().unwrap();
+    for server_set in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+        "generation",
+    ] {
+        metadata.remove(server_set);
+    }
+    object.as_object_mut().unwrap().remove("status");
+    object
+}
+
 fn status(code: u16, reason: &str, message: &str, plural: &str, name: &str) -> Value {
     let mut status = match code {
         404 => fixture("status-404-notfound.json"),

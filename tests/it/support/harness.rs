@@ -43,7 +43,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::{fake_apiserver::FakeApiServer, fixture, tls::handshake};
+use super::{fake_apiserver::FakeApiServer, fixture_as_created, tls::handshake};
 
 pub const NAMESPACE: &str = "keyhook";
 pub const SECRET: &str = "keyhook-tls";
@@ -452,19 +452,7 @@ pub async fn create<K>(api: Api<K>, fixture_name: &str)
 where
     K: kube::Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    let mut value = fixture(fixture_name);
-    let metadata = value["metadata"].as_object_mut().unwrap();
-    for server_set in [
-        "resourceVersion",
-        "uid",
-        "creationTimestamp",
-        "managedFields",
-        "generation",
-    ] {
-        metadata.remove(server_set);
-    }
-    value.as_object_mut().unwrap().remove("status");
-    let object: K = serde_json::from_value(value).unwrap();
+    let object: K = serde_json::from_value(fixture_as_created(fixture_name)).unwrap();
     // A real apiserver may still be finishing the delete of a previous run's
     // object (a CRD waits for its finalizer): retry while it exists.
     for _ in 0..60 {

@@ -19,7 +19,7 @@ pub mod tls;
 
 pub use server::*;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use http::{Request, Response};
 use kube::client::Body;
@@ -48,15 +48,7 @@ pub async fn eventually_async<F: std::future::Future<Output = bool>>(
     }
 }
 
-/// A fixture under `tests/fixtures/kube/`, parsed.
-pub fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/kube")
-        .join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
-}
+pub use fake_apiserver::{fixture, fixture_as_created};
 
 /// A fixture deserialized into a typed object.
 pub fn typed<T: serde::de::DeserializeOwned>(name: &str) -> T {
