@@ -249,7 +249,13 @@ pub async fn serve<I, S, B>(
     let connection = context.http.serve_connection(TokioIo::new(io), tracked);
     tokio::pin!(connection);
     let (close, mut closing) = oneshot::channel();
-    tokio::spawn(watch(activity, context.clone_for_watch(shed), close));
+    tokio::spawn(watch(
+        activity,
+        context.timeouts,
+        context.shutdown.clone(),
+        shed,
+        close,
+    ));
     let reason = tokio::select! {
         result = connection.as_mut() => {
             let reason = match result {
@@ -284,23 +290,6 @@ pub async fn serve<I, S, B>(
     }
 }
 
-/// What a connection's watchdog listens to besides the connection itself.
-struct WatchContext {
-    timeouts: ConnectionTimeouts,
-    shutdown: CancellationToken,
-    shed: ShedCalls,
-}
-
-impl ConnectionContext {
-    fn clone_for_watch(&self, shed: ShedCalls) -> WatchContext {
-        WatchContext {
-            timeouts: self.timeouts,
-            shutdown: self.shutdown.clone(),
-            shed,
-        }
-    }
-}
-
 /// A connection's watchdog, its own task: sends why the connection should
 /// close, or ends when the connection has closed by itself.
 ///
@@ -310,14 +299,16 @@ impl ConnectionContext {
 /// contended by every request.
 async fn watch(
     activity: Arc<Activity>,
-    mut context: WatchContext,
+    timeouts: ConnectionTimeouts,
+    shutdown: CancellationToken,
+    mut shed: ShedCalls,
     mut close: oneshot::Sender<CloseReason>,
 ) {
     let reason = tokio::select! {
         () = close.closed() => return,
-        reason = activity.unused(context.timeouts) => reason,
-        reason = shed_when_idle(&mut context.shed, &activity) => reason,
-        () = context.shutdown.cancelled() => CloseReason::Shutdown,
+        reason = activity.unused(timeouts) => reason,
+        reason = shed_when_idle(&mut shed, &activity) => reason,
+        () = shutdown.cancelled() => CloseReason::Shutdown,
     };
     let _ = close.send(reason);
 }
