@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::providers::{RemoteRef, StoreKind, StoreRef};
 
+/// The prefix of every annotation keyhook reads or writes.
+pub const ANNOTATION_PREFIX: &str = "keyhook.io/";
 /// The opt-in label; the webhook's `objectSelector` matches it.
 pub const INJECT_LABEL: &str = "keyhook.io/inject";
 /// A SecretStore in the pod's namespace.
@@ -484,6 +486,24 @@ pub fn env_name(property: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pod is told apart from one that asks for nothing by this prefix
+    /// (`pod::may_ask`), so every annotation keyhook reads must carry it.
+    #[test]
+    fn every_annotation_carries_the_prefix() {
+        let annotations = [
+            STORE_ANNOTATION,
+            CLUSTER_STORE_ANNOTATION,
+            ENV_FROM_ANNOTATION,
+            FILE_ANNOTATION_PREFIX,
+            MOUNT_PATH_ANNOTATION,
+            ON_ERROR_ANNOTATION,
+            INJECTED_ANNOTATION,
+        ];
+        for annotation in annotations {
+            assert!(annotation.starts_with(ANNOTATION_PREFIX), "{annotation}");
+        }
+    }
 
     #[test]
     fn references_parse_with_property_and_version() {
