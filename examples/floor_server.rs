@@ -3,7 +3,12 @@
 //! `tests/bench/serve.sh` drives it beside keyhook; keyhook's throughput is
 //! reported as a ratio of this one's.
 //!
-//! Usage: floor_server <addr> <cert-dir> <response-file>
+//! With `--echo-uid` it is the least a *webhook* can do: the apiserver
+//! refuses an answer whose `response.uid` is not its request's, so this
+//! floor checks the body is JSON and reads `request.uid` from it (serde_json,
+//! everything else skipped), and answers the same bytes with that uid.
+//!
+//! Usage: floor_server <addr> <cert-dir> <response-file> [--echo-uid]
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -16,6 +21,7 @@ use hyper_util::{
 };
 use rustls::{ServerConfig, crypto::ring::default_provider};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -26,6 +32,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr: SocketAddr = args.next().ok_or(usage)?.parse()?;
     let dir = PathBuf::from(args.next().ok_or(usage)?);
     let response = Bytes::from(std::fs::read(args.next().ok_or(usage)?)?);
+    let answer = Arc::new(match args.next().as_deref() {
+        None => Answer::Fixed(response),
+        Some("--echo-uid") => Answer::echoing(&response).ok_or("the response has no uid")?,
+        Some(other) => return Err(format!("unknown argument {other}; {usage}").into()),
+    });
 
     let certs =
         CertificateDer::pem_file_iter(dir.join("tls.crt"))?.collect::<Result<Vec<_>, _>>()?;
@@ -42,20 +53,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
-        let (acceptor, response) = (acceptor.clone(), response.clone());
+        let (acceptor, answer) = (acceptor.clone(), answer.clone());
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = response.clone();
+                let answer = answer.clone();
                 async move {
                     // Read the whole review, as a webhook must.
-                    let _ = request.into_body().collect().await;
+                    let body = match request.into_body().collect().await {
+                        Ok(body) => body.to_bytes(),
+                        Err(_) => Bytes::new(),
+                    };
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("content-type", "application/json")
-                            .body(Full::new(response))
+                            .body(Full::new(answer.to(&body)))
                             .unwrap_or_default(),
                     )
                 }
@@ -64,5 +78,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
         });
+    }
+}
+
+/// What the floor answers.
+enum Answer {
+    /// The same bytes to every request.
+    Fixed(Bytes),
+    /// The response's bytes around its uid, the request's uid between.
+    Echoing { before: Vec<u8>, after: Vec<u8> },
+}
+
+impl Answer {
+    fn echoing(response: &[u8]) -> Option<Self> {
+        const UID: &[u8] = b"\"uid\":";
+        let start = response.windows(UID.len()).position(|w| w == UID)? + UID.len();
+        let quoted = response[start + 1..].iter().position(|&b| b == b'"')? + 2;
+        Some(Self::Echoing {
+            before: response[..start].to_vec(),
+            after: response[start + quoted..].to_vec(),
+        })
+    }
+
+    fn to(&self, review: &[u8]) -> Bytes {
+        #[derive(Deserialize)]
+        struct Review<'a> {
+            #[serde(borrow)]
+            request: Request<'a>,
+        }
+        #[derive(Deserialize)]
+        struct Request<'a> {
+            #[serde(borrow)]
+            uid: std::borrow::Cow<'a, str>,
+        }
+        match self {
+            Answer::Fixed(bytes) => bytes.clone(),
+            Answer::Echoing { before, after } => {
+                let Ok(review) = serde_json::from_slice::<Review>(review) else {
+                    return Bytes::from_static(b"not an AdmissionReview\n");
+                };
+                let mut answer = Vec::with_capacity(before.len() + after.len() + 64);
+                answer.extend_from_slice(before);
+                let _ = serde_json::to_writer(&mut answer, &review.request.uid);
+                answer.extend_from_slice(after);
+                Bytes::from(answer)
+            }
+        }
     }
 }

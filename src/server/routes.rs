@@ -222,7 +222,18 @@ async fn convert(
 }
 
 fn admission_answer(response: AdmissionResponse) -> Response {
-    Json(admission::AdmissionAnswer::from(response)).into_response()
+    match admission::AdmissionAnswer::from(response).to_json() {
+        Ok(json) => {
+            let json_type = header::HeaderValue::from_static("application/json");
+            ([(header::CONTENT_TYPE, json_type)], json).into_response()
+        }
+        // Strings, booleans and maps of strings always serialize.
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("keyhook could not encode its answer: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// What a review's CPU work came to, or, when the deadline passed first,

@@ -3,7 +3,8 @@
 over TLS + HTTP/2 and prints the figures the issues ask for.
 
   bench.py serve       pod AdmissionReview at 1 x 1, 1 x 64, 4 x 16 and 16 x 4
-                       connections x streams, keyhook vs floor
+                       connections x streams, keyhook vs floor (and vs a
+                       floor that reads the review's uid)
                        taking turns (median of BENCH_ROUNDS=7 runs of
                        BENCH_REQUESTS=40000 each), a steady 2,000 req/s
                        latency run, start-to-ready, RSS
@@ -167,6 +168,10 @@ def serve_bench():
         floor_port = free_port()
         floor = subprocess.Popen([FLOOR, f"127.0.0.1:{floor_port}", os.path.join(workdir, "certs"), response_file],
                                  stdout=subprocess.DEVNULL)
+        # The least a correct webhook does: read request.uid to echo it.
+        uid_port = free_port()
+        uid_floor = subprocess.Popen([FLOOR, f"127.0.0.1:{uid_port}", os.path.join(workdir, "certs"), response_file,
+                                      "--echo-uid"], stdout=subprocess.DEVNULL)
         time.sleep(0.3)
 
         print(f"start-to-ready (cert generation included): median {statistics.median(starts)*1000:.0f} ms, "
@@ -177,24 +182,30 @@ def serve_bench():
         # neighbour on this shared machine slows both rather than one.
         # CPU µs/req: the server's own CPU time per request (steadier than
         # throughput, which h2load on the same cores also moves).
+        # The uid floor also reads the review's uid, as any webhook must
+        # (serde_json, the rest skipped); keyhook is reported against both.
         print(f"{'conns x streams':>15} {'keyhook req/s':>14} {'p50 ms':>7} {'p99 ms':>7} {'floor req/s':>12} {'floor p99':>9} "
-              f"{'CPU µs/req keyhook/floor':>24} {'ratio':>6}  ratio range")
+              f"{'CPU µs/req keyhook/floor':>24} {'ratio':>6}  {'ratio range':<35} {'uid floor req/s':>15} {'ratio':>6}")
         # One HTTP/2 connection as a single apiserver holds it, and the
         # shapes of an HA control plane's several apiservers.
         for clients, streams in SHAPES:
-            ks, fs = [], []
+            ks, fs, us = [], [], []
             for _ in range(ROUNDS):
                 warm(port, review, streams, clients)
                 ks.append(measured(proc.pid, lambda: h2load(port, review, streams, clients)))
                 warm(floor_port, review, streams, clients)
                 fs.append(measured(floor.pid, lambda: h2load(floor_port, review, streams, clients)))
-            k, f = median_run(ks), median_run(fs)
+                warm(uid_port, review, streams, clients)
+                us.append(measured(uid_floor.pid, lambda: h2load(uid_port, review, streams, clients)))
+            k, f, u = median_run(ks), median_run(fs), median_run(us)
             ratios = sorted(a['rate'] / b['rate'] for a, b in zip(ks, fs))
             failed = sum(r['failed'] for r in ks)
             cpu = f"{statistics.median(r['cpu_us'] for r in ks):.1f} / {statistics.median(r['cpu_us'] for r in fs):.1f}"
             shape = f"{clients} x {streams}"
             print(f"{shape:>15} {k['rate']:>14.0f} {k['p50']:>7.2f} {k['p99']:>7.2f} {f['rate']:>12.0f} "
-                  f"{f['p99']:>9.2f} {cpu:>24} {k['rate']/f['rate']:>6.2f}  {ratios[0]:.2f}-{ratios[-1]:.2f} (paired median {statistics.median(ratios):.2f})"
+                  f"{f['p99']:>9.2f} {cpu:>24} {k['rate']/f['rate']:>6.2f}  "
+                  + f"{ratios[0]:.2f}-{ratios[-1]:.2f} (paired median {statistics.median(ratios):.2f})".ljust(35)
+                  + f" {u['rate']:>15.0f} {k['rate']/u['rate']:>6.2f}"
                   + (f"  ({failed} failed)" if failed else ""))
         print(f"peak RSS under load: {rss_kib(proc.pid, 'VmHWM')/1024:.1f} MiB")
         steady = h2load(port, review, 1, clients=4, rps=500, duration=10)
@@ -202,7 +213,7 @@ def serve_bench():
         print(f"steady 2,000 req/s for 10 s: keyhook p50 {steady['p50']:.2f} ms, p99 {steady['p99']:.2f} ms "
               f"({steady['n']} requests, {steady['failed']} failed); floor p99 {floor_steady['p99']:.2f} ms")
         print(f"peak RSS after all runs: {rss_kib(proc.pid, 'VmHWM')/1024:.1f} MiB")
-        floor.terminate(); proc.send_signal(signal.SIGTERM); proc.wait(); floor.wait()
+        floor.terminate(); uid_floor.terminate(); proc.send_signal(signal.SIGTERM); proc.wait(); floor.wait(); uid_floor.wait()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
