@@ -29,10 +29,7 @@ use std::{
 };
 
 use hyper::{body::Incoming, service::Service};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{oneshot, watch},
@@ -40,7 +37,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::throttle::Throttle;
+use super::{
+    streams::{StreamQueue, WithStreams},
+    throttle::Throttle,
+};
 pub use crate::config::ConnectionTimeouts;
 use crate::metrics::{CloseReason, ConnectionMetrics};
 
@@ -206,8 +206,6 @@ pub struct Refused(pub String);
 /// What every connection of a listener shares.
 #[derive(Clone)]
 pub struct ConnectionContext {
-    /// HTTP/1.1 and HTTP/2 settings.
-    pub http: auto::Builder<TokioExecutor>,
     /// The phases' timeouts.
     pub timeouts: ConnectionTimeouts,
     /// Cancelled when the server drains: every connection closes gracefully.
@@ -246,7 +244,9 @@ pub async fn serve<I, S, B>(
         peer,
         refusals: context.refusals.clone(),
     };
-    let connection = context.http.serve_connection(TokioIo::new(io), tracked);
+    let streams = StreamQueue::default();
+    let http = super::listener::http_builder(streams.clone(), context.timeouts);
+    let connection = WithStreams::new(http.serve_connection(TokioIo::new(io), tracked), streams);
     tokio::pin!(connection);
     let (close, mut closing) = oneshot::channel();
     tokio::spawn(watch(
@@ -271,7 +271,7 @@ pub async fn serve<I, S, B>(
         Ok(reason) = &mut closing => reason,
     };
     context.metrics.closed(reason);
-    connection.as_mut().graceful_shutdown();
+    connection.as_mut().connection().graceful_shutdown();
     let grace = match reason {
         // The server's drain bounds this wait.
         CloseReason::Shutdown => None,

@@ -4,11 +4,7 @@
 
 use std::{io, net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
-use hyper_util::{
-    rt::{TokioExecutor, TokioTimer},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
+use hyper_util::{rt::TokioTimer, server::conn::auto, service::TowerToHyperService};
 use prometheus_client::metrics::counter::Counter;
 use rustls::{ServerConfig, crypto::ring::default_provider, server::ResolvesServerCert, version};
 use socket2::{SockRef, TcpKeepalive};
@@ -177,8 +173,8 @@ impl ConnectionService for axum::Router {
 }
 
 /// The HTTP/1.1 and HTTP/2 settings of every connection.
-fn http_builder(timeouts: ConnectionTimeouts) -> auto::Builder<TokioExecutor> {
-    let mut http = auto::Builder::new(TokioExecutor::new());
+pub(super) fn http_builder<E>(executor: E, timeouts: ConnectionTimeouts) -> auto::Builder<E> {
+    let mut http = auto::Builder::new(executor);
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header_read);
@@ -208,7 +204,6 @@ impl<S: ConnectionService> Listener<S> {
             handshake_failures,
         } = self;
         let context = ConnectionContext {
-            http: http_builder(limits.timeouts),
             timeouts: limits.timeouts,
             shutdown: shutdown.clone(),
             shed: ShedSignal::default(),

@@ -9,6 +9,7 @@ pub mod mode;
 pub mod offload;
 pub mod record;
 pub mod routes;
+mod streams;
 pub mod throttle;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
