@@ -17,11 +17,18 @@ use std::{
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
-    task::{Context, Poll},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Waker},
 };
 
-use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
+use futures::{
+    FutureExt, StreamExt,
+    stream::FuturesUnordered,
+    task::{ArcWake, AtomicWaker},
+};
 
 /// A stream's future, as hyper builds it: the request's service call and
 /// the writing of its answer.
@@ -73,16 +80,45 @@ pin_project_lite::pin_project! {
         connection: C,
         queue: StreamQueue,
         streams: FuturesUnordered<Stream>,
+        wakes: Arc<Wakes>,
+        waker: Waker,
+    }
+}
+
+/// The wake-ups of a connection and its streams.
+///
+/// An answered stream wakes the connection (it has an answer to write)
+/// while the connection's task is still polling it. Woken that way, tokio
+/// would poll the task once more after it returns, from the back of the
+/// worker's queue, and rouse the other, parked worker to steal it: a
+/// thread switch per request. A wake-up during the poll is only noted
+/// here, and the poll goes round again instead.
+#[derive(Default)]
+struct Wakes {
+    task: AtomicWaker,
+    polling: AtomicBool,
+    woken: AtomicBool,
+}
+
+impl ArcWake for Wakes {
+    fn wake_by_ref(wakes: &Arc<Self>) {
+        wakes.woken.store(true, Ordering::SeqCst);
+        if !wakes.polling.load(Ordering::SeqCst) {
+            wakes.task.wake();
+        }
     }
 }
 
 impl<C> WithStreams<C> {
     /// Serves `connection`, whose executor is `queue`.
     pub fn new(connection: C, queue: StreamQueue) -> Self {
+        let wakes = Arc::new(Wakes::default());
         Self {
             connection,
             queue,
             streams: FuturesUnordered::new(),
+            waker: futures::task::waker(wakes.clone()),
+            wakes,
         }
     }
 
@@ -97,32 +133,63 @@ impl<C: Future> Future for WithStreams<C> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let mut this = self.project();
-        for _ in 0..PASSES_PER_POLL {
-            // Reads new frames, starts streams, writes the answers so far.
-            if let Poll::Ready(output) = this.connection.as_mut().poll(cx) {
-                return Poll::Ready(output);
-            }
-            let started = this.queue.take();
-            let mut progressed = !started.is_empty();
-            this.streams.extend(started);
-            let mut answered = 0;
-            while answered < ANSWERS_PER_WRITE {
-                match this.streams.poll_next_unpin(cx) {
-                    Poll::Ready(Some(())) => answered += 1,
-                    Poll::Ready(None) | Poll::Pending => break,
+        let this = self.project();
+        this.wakes.task.register(cx.waker());
+        this.wakes.polling.store(true, Ordering::SeqCst);
+        let mut inner = Context::from_waker(this.waker);
+        let polled = poll_passes(
+            this.connection,
+            this.queue,
+            this.streams,
+            this.wakes,
+            &mut inner,
+        );
+        this.wakes.polling.store(false, Ordering::SeqCst);
+        match polled {
+            Poll::Ready(output) => Poll::Ready(output),
+            Poll::Pending => {
+                // Woken after the last pass looked, or out of passes.
+                if this.wakes.woken.load(Ordering::SeqCst) {
+                    cx.waker().wake_by_ref();
                 }
-            }
-            progressed |= answered > 0;
-            if !progressed {
-                // Every stream waits on the connection or on I/O of its
-                // own, which wakes this task.
-                return Poll::Pending;
+                Poll::Pending
             }
         }
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
+}
+
+/// Polls the connection and its streams in turn while either has work, for
+/// at most [`PASSES_PER_POLL`] passes; `Pending` leaves `woken` set when
+/// there is work left.
+fn poll_passes<C: Future>(
+    mut connection: Pin<&mut C>,
+    queue: &StreamQueue,
+    streams: &mut FuturesUnordered<Stream>,
+    wakes: &Wakes,
+    cx: &mut Context<'_>,
+) -> Poll<C::Output> {
+    for _ in 0..PASSES_PER_POLL {
+        wakes.woken.store(false, Ordering::SeqCst);
+        // Reads new frames, starts streams, writes the answers so far.
+        if let Poll::Ready(output) = connection.as_mut().poll(cx) {
+            return Poll::Ready(output);
+        }
+        streams.extend(queue.take());
+        let mut answered = 0;
+        while answered < ANSWERS_PER_WRITE {
+            match streams.poll_next_unpin(cx) {
+                Poll::Ready(Some(())) => answered += 1,
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if !wakes.woken.load(Ordering::SeqCst) && answered < ANSWERS_PER_WRITE {
+            // Nothing woke the connection or a stream since they were
+            // polled: all wait on I/O, which will wake this task.
+            return Poll::Pending;
+        }
+    }
+    wakes.woken.store(true, Ordering::SeqCst);
+    Poll::Pending
 }
 
 #[cfg(test)]
@@ -144,8 +211,17 @@ mod tests {
         let server = hyper::server::conn::http2::Builder::new(queue.clone()).serve_connection(
             TokioIo::new(server_io),
             service_fn(|request: Request<hyper::body::Incoming>| async move {
-                if request.uri().path() == "/panic" {
-                    panic!("a handler's bug");
+                match request.uri().path() {
+                    "/panic" => panic!("a handler's bug"),
+                    // Woken by the timer, from outside the connection's poll.
+                    "/slow" => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                    // Woken by another thread.
+                    "/elsewhere" => {
+                        let (done, wait) = tokio::sync::oneshot::channel();
+                        std::thread::spawn(move || done.send(()));
+                        let _ = wait.await;
+                    }
+                    _ => {}
                 }
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("answered"))))
             }),
@@ -177,7 +253,9 @@ mod tests {
                     Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
                 }
             });
-            answers.push(futures::future::join_all(calls).await);
+            let round = futures::future::join_all(calls);
+            let round = tokio::time::timeout(std::time::Duration::from_secs(10), round).await;
+            answers.push(round.expect("every request is answered within 10 s"));
         }
         answers
     }
@@ -190,6 +268,24 @@ mod tests {
             answers[0].iter().all(|a| a.as_deref() == Ok("answered")),
             "{answers:?}"
         );
+    }
+
+    /// Streams that wait, woken from outside the connection's task, are
+    /// answered, beside ones that do not wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_streams_are_woken_and_answered() {
+        let paths: Vec<&'static str> = ["/slow", "/ok", "/elsewhere"]
+            .into_iter()
+            .cycle()
+            .take(60)
+            .collect();
+        let answers = answers(&[&paths, &paths]).await;
+        for round in answers {
+            assert!(
+                round.iter().all(|a| a.as_deref() == Ok("answered")),
+                "{round:?}"
+            );
+        }
     }
 
     #[tokio::test]
