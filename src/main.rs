@@ -13,6 +13,7 @@ use std::{
     io::{IsTerminal, Write},
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -172,10 +173,53 @@ fn init_logging(log: &LogArgs) {
     // Colour only for a person at a terminal, never into a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(LogOutput::line)
         .with_ansi(std::io::stdout().is_terminal());
     match log.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Standard output, for the log, until its reader goes away (`keyhook serve
+/// | head`): then one line on stderr says so and the log is dropped. keyhook
+/// keeps serving; without this, every event would add an error line.
+struct LogOutput;
+
+/// Whether the log's reader has gone away.
+static LOG_READER_GONE: AtomicBool = AtomicBool::new(false);
+
+impl LogOutput {
+    /// The writer of one log event.
+    fn line() -> Self {
+        LogOutput
+    }
+}
+
+impl std::io::Write for LogOutput {
+    fn write(&mut self, event: &[u8]) -> std::io::Result<usize> {
+        if LOG_READER_GONE.load(Ordering::Relaxed) {
+            return Ok(event.len());
+        }
+        match std::io::stdout().write(event) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                if !LOG_READER_GONE.swap(true, Ordering::Relaxed) {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "keyhook: standard output was closed; the log is dropped from now on"
+                    );
+                }
+                Ok(event.len())
+            }
+            written => written,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match std::io::stdout().flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            flushed => flushed,
+        }
     }
 }
 

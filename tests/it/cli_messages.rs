@@ -298,6 +298,60 @@ fn logs_into_a_pipe_carry_no_colour_codes() {
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
 
+/// `keyhook serve | head -1`: the log's reader goes away, keyhook says so
+/// once on stderr and goes on serving.
+#[test]
+fn a_log_reader_that_goes_away_is_noted_once() {
+    let workdir = tempfile::tempdir().unwrap();
+    let webhook = free_addr();
+    let health = free_addr();
+    let mut child = keyhook(workdir.path())
+        .args([
+            "serve",
+            "--webhook-addr",
+            &webhook,
+            "--health-addr",
+            &health,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("webhooks on https://") {
+        line.clear();
+        assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "keyhook exited");
+    }
+    drop(stdout);
+    // Two refused requests, far enough apart to be logged both.
+    let port = webhook.rsplit(':').next().unwrap();
+    for _ in 0..2 {
+        std::process::Command::new("curl")
+            .args(["-s", "-k", "-H", "Content-Type: text/plain", "-d", "x"])
+            .arg(format!("https://localhost:{port}/mutate-pod"))
+            .output()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1_100));
+    }
+    let ready = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{health}/readyz"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout),
+        "200",
+        "still serving"
+    );
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        stderr(&output),
+        "keyhook: standard output was closed; the log is dropped from now on\n"
+    );
+}
+
 /// Refused requests are logged at info with the client's address and what
 /// was wrong, never the content they sent.
 #[test]
