@@ -366,7 +366,7 @@ impl From<AdmissionResponse> for AdmissionAnswer {
 impl AdmissionAnswer {
     /// The answer as JSON bytes, in a buffer sized for the usual answer.
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        // An answer without a patch is ~150 bytes; one with is larger anyway.
+        // Room for an answer without a patch; one with grows it once.
         let mut json = Vec::with_capacity(256);
         serde_json::to_writer(&mut json, self)?;
         Ok(json)

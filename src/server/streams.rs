@@ -4,8 +4,8 @@
 //! tokio, each request is a task of its own that, once answered, wakes the
 //! connection's task, and tokio runs a task woken that way next: the
 //! connection writes every answer alone, one TLS record and one `writev`
-//! each, and every request pays for a task's scheduling and wake-ups. That
-//! was a third of keyhook's CPU per review.
+//! each, and every request pays for a task's scheduling and wake-ups
+//! (`docs/benchmarks.md` has the measurements).
 //!
 //! Here the executor only queues a connection's streams; [`WithStreams`]
 //! polls them in the connection's task, between polls of the connection, so
@@ -37,7 +37,7 @@ type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// How many answers one pass writes at most before the connection flushes
 /// them: all of a pass's answers in one write costs the least CPU, but a
 /// client that sent many requests at once then waits for the last before it
-/// reads the first. Eight measured best on one connection with 64 streams
+/// reads the first. This measured best on one connection with many streams
 /// in flight, and costs nothing with fewer.
 const ANSWERS_PER_WRITE: usize = 8;
 
