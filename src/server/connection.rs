@@ -29,7 +29,10 @@ use std::{
 };
 
 use hyper::{body::Incoming, service::Service};
-use hyper_util::rt::TokioIo;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::conn::auto,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{oneshot, watch},
@@ -203,6 +206,19 @@ where
 #[derive(Debug, Clone)]
 pub struct Refused(pub String);
 
+/// Concurrent HTTP/2 streams per connection. The apiserver multiplexes every
+/// webhook call over few connections; past this, its calls queue on its side.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// HTTP/2 receive windows. Body data a client sends before keyhook reads
+/// it (while its request waits for `--max-inflight-bytes`, say) is held in
+/// these, outside the budget: the connection's window bounds it per
+/// connection, and a stream's window is smaller so that one waiting stream
+/// cannot stall the others.
+pub const CONNECTION_WINDOW: u32 = 512 * 1024;
+/// See [`CONNECTION_WINDOW`].
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+
 /// What every connection of a listener shares.
 #[derive(Clone)]
 pub struct ConnectionContext {
@@ -245,7 +261,7 @@ pub async fn serve<I, S, B>(
         refusals: context.refusals.clone(),
     };
     let streams = StreamQueue::default();
-    let http = super::listener::http_builder(streams.clone(), context.timeouts);
+    let http = http_builder(streams.clone(), context.timeouts);
     let connection = WithStreams::new(http.serve_connection(TokioIo::new(io), tracked), streams);
     tokio::pin!(connection);
     let (close, mut closing) = oneshot::channel();
@@ -288,6 +304,25 @@ pub async fn serve<I, S, B>(
             "a closing connection did not finish in time; dropped"
         );
     }
+}
+
+/// The HTTP/1.1 and HTTP/2 settings of every connection, whose HTTP/2
+/// streams go to `streams`.
+fn http_builder(streams: StreamQueue, timeouts: ConnectionTimeouts) -> auto::Builder<StreamQueue> {
+    let mut http = auto::Builder::new(streams);
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    // No HTTP/2 keep-alive PINGs: hyper stamps every received frame for
+    // them under a lock the stream tasks share. The kernel's keep-alive
+    // (the listener's `tune_accepted`) notices a vanished peer at no cost per request, as
+    // Go's servers, the apiserver's own, do.
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW);
+    http
 }
 
 /// A connection's watchdog, its own task: sends why the connection should

@@ -4,7 +4,7 @@
 
 use std::{io, net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
-use hyper_util::{rt::TokioTimer, server::conn::auto, service::TowerToHyperService};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use rustls::{ServerConfig, crypto::ring::default_provider, server::ResolvesServerCert, version};
 use socket2::{SockRef, TcpKeepalive};
@@ -22,9 +22,6 @@ use super::{
     throttle::Throttle,
 };
 use crate::metrics::{CloseReason, ConnectionMetrics};
-/// Concurrent HTTP/2 streams per connection. The apiserver multiplexes every
-/// webhook call over few connections; past this, its calls queue on its side.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// A connection silent for this long is probed by the kernel...
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// ...every this often...
@@ -81,17 +78,9 @@ const RESERVED_FDS: u64 = HEALTH_MAX_CONNECTIONS as u64 + 192;
 
 /// The most webhook connections keyhook holds by default, whatever the
 /// open-file limit: apiservers hold a handful each, and each connection may
-/// hold up to [`CONNECTION_WINDOW`] of body data keyhook has not read yet.
+/// hold up to [`connection::CONNECTION_WINDOW`] of body data keyhook has not
+/// read yet.
 const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
-
-/// HTTP/2 receive windows. Body data a client sends before keyhook reads
-/// it (while its request waits for `--max-inflight-bytes`, say) is held in
-/// these, outside the budget: the connection's window bounds it per
-/// connection, and a stream's window is smaller so that one waiting stream
-/// cannot stall the others.
-const CONNECTION_WINDOW: u32 = 512 * 1024;
-/// See [`CONNECTION_WINDOW`].
-const STREAM_WINDOW: u32 = 256 * 1024;
 
 /// The webhook listener's connection cap: `configured`, or derived from
 /// the open-file limit, whose soft value is first raised to the hard one.
@@ -170,24 +159,6 @@ impl ConnectionService for axum::Router {
     fn for_connection(&self) -> axum::Router {
         self.clone()
     }
-}
-
-/// The HTTP/1.1 and HTTP/2 settings of every connection.
-pub(super) fn http_builder<E>(executor: E, timeouts: ConnectionTimeouts) -> auto::Builder<E> {
-    let mut http = auto::Builder::new(executor);
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header_read);
-    // No HTTP/2 keep-alive PINGs: hyper stamps every received frame for
-    // them under a lock the stream tasks share. The kernel's keep-alive
-    // (`tune_accepted`) notices a vanished peer at no cost per request, as
-    // Go's servers, the apiserver's own, do.
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW);
-    http
 }
 
 impl<S: ConnectionService> Listener<S> {
