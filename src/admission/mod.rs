@@ -11,5 +11,6 @@ pub mod review;
 
 pub use review::{
     AdmissionAnswer, Deadline, ReviewError, admit_within, conversion_timeout, convert_within,
-    decode_admission, decode_admission_raw, decode_conversion, review_uid, timeout_denial,
+    decode_admission, decode_admission_raw, decode_conversion, decode_naming_path, review_uid,
+    timeout_denial,
 };

@@ -247,9 +247,7 @@ pub fn decode_conversion(body: &[u8]) -> Result<ConversionRequest, ReviewError> 
     Ok(request)
 }
 
-/// Deserializes JSON. The common case pays for nothing else; a body that
-/// fails is decoded again to name the path of the first field that did not
-/// fit.
+/// Deserializes a review body as JSON; see [`decode_naming_path`].
 ///
 /// The body is checked to be UTF-8 once, up front (with SIMD: simdutf8):
 /// decoding from a `&str` then skips serde_json's check of every string it
@@ -261,16 +259,23 @@ fn decode_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
             e.valid_up_to()
         )
     })?;
-    if let Ok(value) = serde_json::from_str(body) {
+    decode_naming_path(body, "the review")
+}
+
+/// Deserializes JSON text. The common case pays for nothing else; text that
+/// fails is decoded again to name the path of the first field that did not
+/// fit. `what` names the text in the messages that have no path.
+pub fn decode_naming_path<'a, T: Deserialize<'a>>(text: &'a str, what: &str) -> Result<T, String> {
+    if let Ok(value) = serde_json::from_str(text) {
         return Ok(value);
     }
-    let mut deserializer = serde_json::Deserializer::from_str(body);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
     match result {
         Ok(_) => deserializer
             .end()
-            .map_err(|e| format!("trailing data after the review: {e}"))
-            .and_then(|()| Err("the review does not decode".to_string())),
+            .map_err(|e| format!("trailing data after {what}: {e}"))
+            .and_then(|()| Err(format!("{what} does not decode"))),
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();

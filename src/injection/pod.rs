@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_json::value::RawValue;
 
 use super::reference::{ANNOTATION_PREFIX, VALUE_PREFIX};
+use crate::admission::decode_naming_path;
 
 /// An admitted pod: the parts of its metadata and of its spec that
 /// injection reads or patches.
@@ -49,7 +50,8 @@ impl<'de> Deserialize<'de> for AdmittedPod {
         let Sent { metadata, spec } = Sent::deserialize(deserializer)?;
         let spec = match spec {
             Some(text) if may_ask(&metadata, text.get()) => {
-                Some(decode_spec(text.get()).map_err(D::Error::custom)?)
+                let spec = decode_naming_path(text.get(), "the spec");
+                Some(spec.map_err(D::Error::custom)?)
             }
             _ => None,
         };
@@ -71,22 +73,6 @@ pub fn may_ask(metadata: &ObjectMeta, spec: &str) -> bool {
         .flatten()
         .any(|(key, _)| key.starts_with(ANNOTATION_PREFIX));
     annotated || spec.contains(VALUE_PREFIX) || spec.contains("\\u")
-}
-
-/// Decodes a spec's text; an error names the path of the field that did not
-/// fit (tracked only once decoding has failed).
-fn decode_spec(text: &str) -> Result<AdmittedPodSpec, String> {
-    if let Ok(spec) = serde_json::from_str(text) {
-        return Ok(spec);
-    }
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        match path.as_str() {
-            "." => e.into_inner().to_string(),
-            _ => format!("`{path}`: {}", e.into_inner()),
-        }
-    })
 }
 
 /// The containers and volumes of a pod spec.
